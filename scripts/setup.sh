@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a project-local virtualenv holding torch==2.11.0 from PyPI (libtorch for tch 0.24),
+# plus a stable symlink `.venv/libtorch` that `.cargo/config.toml` points LIBTORCH at.
+# Re-running is cheap: a stamp file records the installed pin and is checked before doing anything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION="2.11.0"
+PYTHON="${PYTHON:-python3}"
+VENV=".venv"
+STAMP="$VENV/.rlhf-lab-torch-$TORCH_VERSION"
+
+if [ -f "$STAMP" ] && [ -e "$VENV/libtorch/lib/libtorch_cpu.so" ]; then
+  echo "setup: torch $TORCH_VERSION already installed in $VENV (delete $STAMP to force)"
+  exit 0
+fi
+
+start=$(date +%s)
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating virtualenv $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+echo "setup: pip install torch==$TORCH_VERSION (≈2.7 GB download, ≈4.7 GB installed)"
+"$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off "torch==$TORCH_VERSION"
+
+site=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+got=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+if [ "$got" != "$TORCH_VERSION" ]; then
+  echo "setup: expected torch $TORCH_VERSION, found $got" >&2
+  exit 1
+fi
+ln -sfn "$site" "$VENV/libtorch"
+touch "$STAMP"
+echo "setup: torch $got at $site ($(( $(date +%s) - start )) s, $(du -sh "$VENV" | cut -f1) in $VENV)"

@@ -1,0 +1,353 @@
+//! Returns and advantages: discounted Monte-Carlo returns, TD(0) errors/targets, GAE(γ, λ).
+//!
+//! All three are the suffix recurrence `x_t = b_t + a_t · x_{t+1}`, `x_T = 0` (the episode ends after the
+//! last step: no bootstrap value, as in every RLHF stack). Each has a reference loop over time (CleanRL /
+//! DeepSpeed-Chat style, `lastgaelam`) and a vectorised version (a log₂T-step Hillis–Steele scan of affine
+//! maps, numerically stable because every coefficient is in [0, 1]); tests assert they agree.
+//!
+//! Masked steps (padding, tool/observation tokens) enter in one of two ways ([`MaskedSteps`]):
+//! * `Zero` — rewards and values are set to 0 there and time still advances (DeepSpeed-Chat zeroes
+//!   `old_rewards/old_values` after `ends`; TRL `masked_fill(values, padding_mask_p1, 0)`; OpenRLHF
+//!   `values = action_mask * values`). For trailing padding this equals ending the episode.
+//! * `Skip` — masked steps are transparent: the GAE accumulator and the next value carry across them
+//!   (verl `compute_gae_advantage_return` with `response_mask`, multi-turn).
+//!
+//! Outputs are 0 at masked positions. Sources: seed 001 §3.2.4 (MC returns, δ, `A_t = δ_t + γλA_{t+1}`,
+//! `returns = A + V`); seed 003 (three value labels: MC, TD, GAE + V); Schulman et al. 2016 eq. 16.
+
+use crate::check;
+use crate::error::Result;
+use crate::masked::zero_masked;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// How masked steps enter returns and GAE (see module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskedSteps {
+    Zero,
+    Skip,
+}
+
+/// Hyper-parameters of GAE.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GaeConfig {
+    pub gamma: f64,
+    pub lam: f64,
+    pub masked_steps: MaskedSteps,
+}
+
+/// Advantages and returns, both (B, T), 0 at masked positions.
+#[derive(Debug)]
+pub struct AdvantagesReturns {
+    pub advantages: Tensor,
+    pub returns: Tensor,
+}
+
+/// Validated (B, T) rewards/values/mask, with bool mask.
+struct Inputs {
+    rewards: Tensor,
+    values: Option<Tensor>,
+    mask: Tensor,
+}
+
+fn validate(
+    rewards: &Tensor,
+    values: Option<&Tensor>,
+    mask: &Tensor,
+    gamma: f64,
+    lam: Option<f64>,
+) -> Result<Inputs> {
+    check::in_unit_interval("gamma", gamma)?;
+    if let Some(l) = lam {
+        check::in_unit_interval("lam", l)?;
+    }
+    check::float("rewards", rewards)?;
+    check::ndim("rewards", rewards, 2, "(B, T)")?;
+    let m = check::mask("mask", mask, "rewards", rewards)?;
+    check::finite_where("rewards", rewards, &m)?;
+    let values = match values {
+        Some(v) => {
+            check::masked_values("values", v, "mask", mask)?;
+            Some(zero_masked(&v.to_kind(rewards.kind()), &m))
+        }
+        None => None,
+    };
+    Ok(Inputs {
+        rewards: zero_masked(rewards, &m),
+        values,
+        mask: m,
+    })
+}
+
+/// Shift left along time by one, filling the end with 0: `out[:, t] = x[:, t+1]`.
+fn next_step(x: &Tensor) -> Tensor {
+    let t = x.size()[1];
+    x.narrow(1, 1, t - 1).constant_pad_nd([0i64, 1])
+}
+
+/// Vectorised suffix scan of `x_t = b_t + a_t x_{t+1}`, `x_T = 0`, along dim 1.
+/// Hillis–Steele doubling: after the step with span k, `x_t` holds the recurrence unrolled 2k steps.
+pub(crate) fn suffix_scan(a: &Tensor, b: &Tensor) -> Tensor {
+    let t = b.size()[1];
+    let (mut a, mut x) = (a.shallow_clone(), b.shallow_clone());
+    let mut k = 1i64;
+    while k < t {
+        let x_next = x.narrow(1, k, t - k).constant_pad_nd([0i64, k]);
+        let a_next = a.narrow(1, k, t - k).constant_pad_nd([0i64, k]);
+        x = &x + &a * x_next;
+        a = &a * a_next;
+        k *= 2;
+    }
+    x
+}
+
+/// Reference loop for the same recurrence (one batched op per time step).
+pub(crate) fn suffix_loop(a: &Tensor, b: &Tensor) -> Tensor {
+    let t = b.size()[1];
+    let mut carry = b.select(1, t - 1).zeros_like();
+    let mut out = Vec::with_capacity(t as usize);
+    for i in (0..t).rev() {
+        carry = b.select(1, i) + a.select(1, i) * &carry;
+        out.push(carry.shallow_clone());
+    }
+    out.reverse();
+    Tensor::stack(&out, 1)
+}
+
+/// `V(s_{t+1})` as seen from step t: the next step's value (`Zero`), or the value at the next unmasked
+/// step (`Skip`); 0 after the last step.
+fn next_values(values: &Tensor, m: &Tensor, mode: MaskedSteps, vectorised: bool) -> Tensor {
+    match mode {
+        MaskedSteps::Zero => next_step(values),
+        MaskedSteps::Skip => {
+            // n_t = m_{t+1} V_{t+1} + (1 − m_{t+1}) n_{t+1}
+            let mf = m.to_kind(values.kind());
+            let a = next_step(&(1.0 - &mf));
+            let b = next_step(&(values * &mf));
+            if vectorised {
+                suffix_scan(&a, &b)
+            } else {
+                suffix_loop(&a, &b)
+            }
+        }
+    }
+}
+
+/// Per-step coefficient of the recurrence: `c` on unmasked steps; on masked steps `c` (`Zero`) or 1
+/// (`Skip`: the accumulator passes through unchanged).
+fn coefficients(m: &Tensor, mode: MaskedSteps, c: f64, kind: Kind) -> Tensor {
+    let mf = m.to_kind(kind);
+    match mode {
+        MaskedSteps::Zero => mf.ones_like() * c,
+        MaskedSteps::Skip => &mf * c + (1.0 - &mf),
+    }
+}
+
+fn scan(a: &Tensor, b: &Tensor, vectorised: bool) -> Tensor {
+    if vectorised {
+        suffix_scan(a, b)
+    } else {
+        suffix_loop(a, b)
+    }
+}
+
+fn returns_impl(
+    rewards: &Tensor,
+    mask: &Tensor,
+    gamma: f64,
+    mode: MaskedSteps,
+    vectorised: bool,
+) -> Result<Tensor> {
+    let x = validate(rewards, None, mask, gamma, None)?;
+    let a = coefficients(&x.mask, mode, gamma, x.rewards.kind());
+    Ok(zero_masked(&scan(&a, &x.rewards, vectorised), &x.mask))
+}
+
+/// Discounted Monte-Carlo returns (rewards-to-go) `G_t = r_t + γ G_{t+1}` (seed 001 §3.2.4 first method;
+/// seed 003 value label 1). Shapes (B, T) → (B, T). Vectorised.
+pub fn discounted_returns(
+    rewards: &Tensor,
+    mask: &Tensor,
+    gamma: f64,
+    mode: MaskedSteps,
+) -> Result<Tensor> {
+    returns_impl(rewards, mask, gamma, mode, true)
+}
+
+/// Reference loop of [`discounted_returns`].
+pub fn discounted_returns_loop(
+    rewards: &Tensor,
+    mask: &Tensor,
+    gamma: f64,
+    mode: MaskedSteps,
+) -> Result<Tensor> {
+    returns_impl(rewards, mask, gamma, mode, false)
+}
+
+/// TD(0) errors and targets.
+#[derive(Debug)]
+pub struct TdOutput {
+    /// `δ_t = r_t + γ V(s_{t+1}) − V(s_t)` (seed 001 §3.2.4 "TD误差").
+    pub deltas: Tensor,
+    /// `r_t + γ V(s_{t+1})` (seed 003 value label 2).
+    pub targets: Tensor,
+}
+
+/// TD(0) errors and targets; `V(s_{T+1}) = 0`. Shapes (B, T) → (B, T).
+pub fn td(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    gamma: f64,
+    mode: MaskedSteps,
+) -> Result<TdOutput> {
+    let x = validate(rewards, Some(values), mask, gamma, None)?;
+    let v = x.values.unwrap();
+    let targets = &x.rewards + next_values(&v, &x.mask, mode, true) * gamma;
+    let deltas = &targets - &v;
+    Ok(TdOutput {
+        deltas: zero_masked(&deltas, &x.mask),
+        targets: zero_masked(&targets, &x.mask),
+    })
+}
+
+fn gae_impl(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    cfg: &GaeConfig,
+    vectorised: bool,
+) -> Result<AdvantagesReturns> {
+    let x = validate(rewards, Some(values), mask, cfg.gamma, Some(cfg.lam))?;
+    let v = x.values.unwrap();
+    let deltas =
+        &x.rewards + next_values(&v, &x.mask, cfg.masked_steps, vectorised) * cfg.gamma - &v;
+    let b = match cfg.masked_steps {
+        // Zero mode keeps δ at masked steps (r = V = 0 there, so δ_t = γ V_{t+1}: the DeepSpeed-Chat /
+        // TRL computation over the whole padded row).
+        MaskedSteps::Zero => deltas,
+        MaskedSteps::Skip => zero_masked(&deltas, &x.mask),
+    };
+    let a = coefficients(&x.mask, cfg.masked_steps, cfg.gamma * cfg.lam, v.kind());
+    let adv = zero_masked(&scan(&a, &b, vectorised), &x.mask);
+    let returns = zero_masked(&(&adv + &v), &x.mask);
+    Ok(AdvantagesReturns {
+        advantages: adv,
+        returns,
+    })
+}
+
+/// GAE(γ, λ) advantages `A_t = Σ_l (γλ)^l δ_{t+l}` and returns `A + V` (Schulman et al. 2016 eq. 16;
+/// seed 001 §3.2.4; seed 003; DeepSpeed-Chat `get_advantages_and_returns`, TRL, OpenRLHF, verl
+/// `compute_gae_advantage_return`). Shapes: `rewards`, `values`, `mask` (B, T) → (B, T) each.
+/// Vectorised (log₂T scan).
+pub fn gae(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    cfg: &GaeConfig,
+) -> Result<AdvantagesReturns> {
+    gae_impl(rewards, values, mask, cfg, true)
+}
+
+/// Reference loop of [`gae`]: `lastgaelam = δ_t + γλ·lastgaelam`, walking t backwards.
+pub fn gae_loop(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    cfg: &GaeConfig,
+) -> Result<AdvantagesReturns> {
+    gae_impl(rewards, values, mask, cfg, false)
+}
+
+/// Options of [`grpo_advantages`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GrpoConfig {
+    /// Divide by the group standard deviation (GRPO); false gives Dr. GRPO's mean-only baseline.
+    pub scale_by_std: bool,
+    /// Bessel-corrected group std (`torch.std` default, used by TRL and verl).
+    pub unbiased_std: bool,
+    /// Added to the std in the denominator (verl 1e-6, TRL 1e-4).
+    pub eps: f64,
+    /// Groups of one response: error (rlhf-lab default) or verl's rule mean = 0, std = 1.
+    pub singleton_as_unit: bool,
+}
+
+impl Default for GrpoConfig {
+    fn default() -> Self {
+        GrpoConfig {
+            scale_by_std: true,
+            unbiased_std: true,
+            eps: 1e-6,
+            singleton_as_unit: false,
+        }
+    }
+}
+
+fn check_groups(scores: &Tensor, min_k: i64, singleton_ok: bool) -> Result<(i64, i64)> {
+    check::float("scores", scores)?;
+    check::ndim(
+        "scores",
+        scores,
+        2,
+        "(G, K): G prompts × K sampled responses each",
+    )?;
+    check::finite("scores", scores)?;
+    let (g, k) = scores.size2()?;
+    if k < min_k && !(singleton_ok && k == 1) {
+        return Err(crate::error::RlhfError::Invalid {
+            arg: "scores".into(),
+            reason: format!(
+                "a group baseline needs at least {min_k} responses per prompt, got K = {k}"
+            ),
+        });
+    }
+    Ok((g, k))
+}
+
+/// GRPO outcome advantages: `A_{g,i} = (r_{g,i} − mean_g) / (std_g + ε)` (Shao et al. 2024 §4.1.2;
+/// verl `compute_grpo_outcome_advantage`, TRL `GRPOTrainer`). Shapes (G, K) → (G, K).
+/// Broadcast to tokens with [`broadcast_to_tokens`].
+pub fn grpo_advantages(scores: &Tensor, cfg: &GrpoConfig) -> Result<Tensor> {
+    check::non_negative("eps", cfg.eps)?;
+    let (_, k) = check_groups(scores, 2, cfg.singleton_as_unit)?;
+    if k == 1 {
+        return Ok(scores / (1.0 + cfg.eps));
+    }
+    let mean = scores.mean_dim(&[-1i64][..], true, scores.kind());
+    let centered = scores - &mean;
+    if !cfg.scale_by_std {
+        return Ok(centered);
+    }
+    let std = scores.std_dim(&[-1i64][..], cfg.unbiased_std, true);
+    Ok(centered / (std + cfg.eps))
+}
+
+/// RLOO advantages: `A_{g,i} = r_{g,i} − mean_{j≠i} r_{g,j} = K/(K−1)·(r_{g,i} − mean_g)`
+/// (Ahmadian et al. 2024 eq. 6; verl `compute_rloo_outcome_advantage`, TRL `RLOOTrainer`).
+/// Shapes (G, K ≥ 2) → (G, K).
+pub fn rloo_advantages(scores: &Tensor) -> Result<Tensor> {
+    let (_, k) = check_groups(scores, 2, false)?;
+    let total = scores.sum_dim_intlist(&[-1i64][..], true, scores.kind());
+    let others_mean = (&total - scores) / (k as f64 - 1.0);
+    Ok(scores - others_mean)
+}
+
+/// Broadcast per-sequence advantages (B,) over response tokens: `A[b] · mask[b, t]` (0 where masked).
+pub fn broadcast_to_tokens(advantages: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    check::float("advantages", advantages)?;
+    check::ndim("advantages", advantages, 1, "(B,)")?;
+    check::finite("advantages", advantages)?;
+    check::ndim("mask", mask, 2, "(B, T)")?;
+    if mask.size()[0] != advantages.size()[0] {
+        return Err(crate::error::RlhfError::Shape {
+            arg: "mask".into(),
+            got: mask.size(),
+            expected: format!("[{}, T] (one row per advantage)", advantages.size()[0]),
+        });
+    }
+    let like = advantages.unsqueeze(-1).expand_as(mask).contiguous();
+    let m = check::mask("mask", mask, "advantages (broadcast)", &like)?;
+    Ok(zero_masked(&like, &m))
+}

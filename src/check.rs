@@ -1,0 +1,204 @@
+//! Input validation shared by every primitive. Nothing here computes a result; it only turns bad input
+//! into a typed [`RlhfError`] before any arithmetic can panic inside libtorch or produce NaN.
+//!
+//! Conventions checked here and relied on everywhere:
+//! * value tensors are floating point (f16/bf16/f32/f64), on any device;
+//! * masks have the same shape as the values they mask and hold only 0 and 1 (any dtype);
+//! * NaN/Inf are errors only where the mask is 1: masked positions may hold anything (padding logits,
+//!   `-inf` log-prob sentinels) and are never read arithmetically (`where`, not multiplication).
+
+use crate::error::{Result, RlhfError};
+use tch::{Kind, Tensor};
+
+fn kind_name(k: Kind) -> String {
+    format!("{k:?}")
+}
+
+/// The tensor must be floating point.
+pub fn float(arg: &str, t: &Tensor) -> Result<()> {
+    match t.kind() {
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => Ok(()),
+        k => Err(RlhfError::Dtype {
+            arg: arg.into(),
+            got: kind_name(k),
+            expected: "a floating-point tensor".into(),
+        }),
+    }
+}
+
+/// The tensor must hold integers (token ids).
+pub fn integer(arg: &str, t: &Tensor) -> Result<()> {
+    match t.kind() {
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => Ok(()),
+        k => Err(RlhfError::Dtype {
+            arg: arg.into(),
+            got: kind_name(k),
+            expected: "an integer tensor".into(),
+        }),
+    }
+}
+
+/// The tensor must have exactly `dims` dimensions.
+pub fn ndim(arg: &str, t: &Tensor, dims: usize, what: &str) -> Result<()> {
+    if t.dim() != dims {
+        return Err(RlhfError::Shape {
+            arg: arg.into(),
+            got: t.size(),
+            expected: what.into(),
+        });
+    }
+    Ok(())
+}
+
+/// `b` must have the shape of `a`.
+pub fn same_shape(a_arg: &str, a: &Tensor, b_arg: &str, b: &Tensor) -> Result<()> {
+    if a.size() != b.size() {
+        return Err(RlhfError::Shape {
+            arg: b_arg.into(),
+            got: b.size(),
+            expected: format!("{:?} (the shape of `{a_arg}`)", a.size()),
+        });
+    }
+    Ok(())
+}
+
+/// `t` must be floating, of shape `shape`, on the device of `like`.
+pub fn float_shaped(arg: &str, t: &Tensor, shape: &[i64], what: &str) -> Result<()> {
+    float(arg, t)?;
+    if t.size() != shape {
+        return Err(RlhfError::Shape {
+            arg: arg.into(),
+            got: t.size(),
+            expected: format!("{shape:?} ({what})"),
+        });
+    }
+    Ok(())
+}
+
+/// Validates a mask against `like` and returns it as a `bool` tensor on `like`'s device.
+pub fn mask(arg: &str, m: &Tensor, like_arg: &str, like: &Tensor) -> Result<Tensor> {
+    same_shape(like_arg, like, arg, m)?;
+    if m.kind() == Kind::Bool {
+        return Ok(m.to_device(like.device()));
+    }
+    let is_binary = m.eq(0).logical_or(&m.eq(1)).all().int64_value(&[]) == 1;
+    if !is_binary {
+        return Err(RlhfError::NonBinaryMask { arg: arg.into() });
+    }
+    Ok(m.ne(0).to_device(like.device()))
+}
+
+/// No NaN/Inf anywhere in `t`.
+pub fn finite(arg: &str, t: &Tensor) -> Result<()> {
+    let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    if bad > 0 {
+        return Err(RlhfError::NonFinite {
+            arg: arg.into(),
+            count: bad,
+        });
+    }
+    Ok(())
+}
+
+/// No NaN/Inf where `mask` (bool) is true.
+pub fn finite_where(arg: &str, t: &Tensor, mask: &Tensor) -> Result<()> {
+    let bad = t
+        .isfinite()
+        .logical_not()
+        .logical_and(mask)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    if bad > 0 {
+        return Err(RlhfError::NonFinite {
+            arg: arg.into(),
+            count: bad,
+        });
+    }
+    Ok(())
+}
+
+/// A float input that is used wherever `mask` is set: floating, same shape as `mask`, finite there.
+pub fn masked_values(arg: &str, t: &Tensor, mask_arg: &str, mask: &Tensor) -> Result<()> {
+    float(arg, t)?;
+    same_shape(mask_arg, mask, arg, t)?;
+    finite_where(arg, t, mask)
+}
+
+/// Rows (dim 0) of a bool mask of shape (B, T) that have no set entry.
+pub fn empty_rows(mask: &Tensor) -> Vec<i64> {
+    let counts = mask.sum_dim_intlist(&[-1i64][..], false, Kind::Int64);
+    let empty = counts.eq(0).nonzero().flatten(0, -1);
+    Vec::<i64>::try_from(&empty).unwrap_or_default()
+}
+
+/// Error if any row of a (B, T) bool mask is empty.
+pub fn no_empty_rows(arg: &str, mask: &Tensor) -> Result<()> {
+    let rows = empty_rows(mask);
+    if !rows.is_empty() {
+        return Err(RlhfError::EmptyRows {
+            arg: arg.into(),
+            rows,
+        });
+    }
+    Ok(())
+}
+
+/// `v` must be finite and within `[lo, hi]` (closed) — used for γ, λ, α.
+pub fn in_unit_interval(arg: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        return Err(RlhfError::OutOfRange {
+            arg: arg.into(),
+            value: v,
+            range: "in [0, 1]".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `v` must be finite and strictly positive — used for β, clip ranges, targets, horizons.
+pub fn positive(arg: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(RlhfError::OutOfRange {
+            arg: arg.into(),
+            value: v,
+            range: "finite and > 0".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `v` must be finite and ≥ 0 — used for coefficients and epsilons.
+pub fn non_negative(arg: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(RlhfError::OutOfRange {
+            arg: arg.into(),
+            value: v,
+            range: "finite and >= 0".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Label-smoothing / noise rate ε of cDPO and robust DPO: must be in [0, 0.5).
+pub fn label_smoothing(arg: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && (0.0..0.5).contains(&v)) {
+        return Err(RlhfError::OutOfRange {
+            arg: arg.into(),
+            value: v,
+            range: "in [0, 0.5)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Any finite real number.
+pub fn finite_scalar(arg: &str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        return Err(RlhfError::OutOfRange {
+            arg: arg.into(),
+            value: v,
+            range: "finite".into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Named conventions: every choice on which RLHF stacks disagree, as one explicit option, plus presets
+//! that reproduce TRL, DeepSpeed-Chat, OpenRLHF and verl (defaults of their PPO / DPO trainers, read from
+//! their code: TRL `PPOTrainer` (v2, `sequence_lengths_p1`) and `DPOTrainer.dpo_loss`; DeepSpeed-Chat
+//! `dschat/rlhf/ppo_trainer.py`; OpenRLHF `models/utils.py`, `models/loss.py`, `experience_maker.py`;
+//! verl `trainer/ppo/core_algos.py`, `utils/torch_functional.py`, `workers/reward_manager/naive.py`).
+//!
+//! Behaviour that rlhf-lab deliberately does not reproduce (documented in the README):
+//! * NaN from means over empty rows (TRL, DeepSpeed-Chat, OpenRLHF): rlhf-lab raises `EmptyRows`.
+//! * DeepSpeed-Chat adds the KL term of the pad slot that receives the score; rlhf-lab penalises only
+//!   response tokens (pad log-probs are never read).
+
+use crate::advantages::{GaeConfig, GrpoConfig, MaskedSteps};
+use crate::error::{Result, RlhfError};
+use crate::kl::{KlConfig, KlEstimator};
+use crate::masked::{EmptyRows, LossAgg, WhitenConfig, WhitenEps};
+use crate::ppo::{PolicyLossConfig, ValueLossConfig};
+use crate::rewards::{RewardShapingConfig, ScorePlacement};
+use serde::{Deserialize, Serialize};
+
+/// Every convention option in one place. Build from a preset with [`Conventions::preset`], then override
+/// fields as needed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conventions {
+    pub name: String,
+    // --- KL-shaped rewards ---
+    /// Default β of the KL penalty in the reward.
+    pub kl_coef: f64,
+    pub kl_estimator: KlEstimator,
+    /// Clamp of `log π − log π_ref` before the estimator.
+    pub kl_log_ratio_clamp: Option<f64>,
+    /// Clamp of the per-token KL estimate.
+    pub kl_value_clamp: Option<f64>,
+    pub score_placement: ScorePlacement,
+    pub score_clip: Option<f64>,
+    // --- returns / GAE ---
+    pub gamma: f64,
+    pub lam: f64,
+    pub masked_steps: MaskedSteps,
+    // --- advantage whitening ---
+    pub whiten_advantages: bool,
+    pub whiten_unbiased: bool,
+    pub whiten_eps: f64,
+    pub whiten_eps_mode: WhitenEps,
+    // --- policy loss ---
+    pub clip_low: f64,
+    pub clip_high: f64,
+    pub dual_clip: Option<f64>,
+    pub log_ratio_clamp: Option<f64>,
+    pub loss_agg: LossAgg,
+    pub approx_kl: KlEstimator,
+    // --- value loss ---
+    pub value_clip: Option<f64>,
+    // --- reductions ---
+    pub empty_rows: EmptyRows,
+    // --- DPO ---
+    /// IPO on per-token mean log-probs (TRL) or on summed log-probs (OpenRLHF).
+    pub ipo_length_normalize: bool,
+    // --- group baselines ---
+    pub grpo_eps: f64,
+    pub grpo_singleton_as_unit: bool,
+}
+
+/// The presets, by name.
+pub const PRESETS: [&str; 5] = ["rlhf-lab", "trl", "deepspeed-chat", "openrlhf", "verl"];
+
+impl Conventions {
+    /// A named preset: `rlhf-lab` (seed documents), `trl`, `deepspeed-chat`, `openrlhf`, `verl`.
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = Conventions {
+            name: "rlhf-lab".into(),
+            kl_coef: 0.02,
+            kl_estimator: KlEstimator::K1,
+            kl_log_ratio_clamp: None,
+            kl_value_clamp: None,
+            score_placement: ScorePlacement::LastResponseToken,
+            score_clip: None,
+            gamma: 1.0,
+            lam: 0.95,
+            masked_steps: MaskedSteps::Zero,
+            whiten_advantages: false,
+            whiten_unbiased: true,
+            whiten_eps: 1e-8,
+            whiten_eps_mode: WhitenEps::Add,
+            clip_low: 0.2,
+            clip_high: 0.2,
+            dual_clip: None,
+            log_ratio_clamp: None,
+            loss_agg: LossAgg::TokenMean,
+            approx_kl: KlEstimator::K1,
+            value_clip: Some(0.2),
+            empty_rows: EmptyRows::Error,
+            ipo_length_normalize: true,
+            grpo_eps: 1e-6,
+            grpo_singleton_as_unit: false,
+        };
+        let c = match name {
+            "rlhf-lab" => base,
+            // TRL PPOTrainer (v2): score after the last token, k1, whitened advantages, k2 approx-KL.
+            "trl" => Conventions {
+                name: "trl".into(),
+                kl_coef: 0.05,
+                score_placement: ScorePlacement::AfterLastResponseToken,
+                whiten_advantages: true,
+                approx_kl: KlEstimator::K2,
+                grpo_eps: 1e-4,
+                ..base
+            },
+            // DeepSpeed-Chat step 3: kl_ctl 0.1, clip_reward_value 5, score at start + n (after the last
+            // token), no whitening.
+            "deepspeed-chat" => Conventions {
+                name: "deepspeed-chat".into(),
+                kl_coef: 0.1,
+                score_placement: ScorePlacement::AfterLastResponseToken,
+                score_clip: Some(5.0),
+                ..base
+            },
+            // OpenRLHF: KL estimate clamped to ±10, reward clip ±10, γ = λ = 1, biased whitening with
+            // clamp(min = 1e-8), IPO on summed log-probs, group-norm eps 1e-9.
+            "openrlhf" => Conventions {
+                name: "openrlhf".into(),
+                kl_coef: 0.01,
+                kl_value_clamp: Some(10.0),
+                score_clip: Some(10.0),
+                lam: 1.0,
+                whiten_advantages: true,
+                whiten_unbiased: false,
+                whiten_eps_mode: WhitenEps::ClampMin,
+                value_clip: Some(0.5),
+                ipo_length_normalize: false,
+                grpo_eps: 1e-9,
+                ..base
+            },
+            // verl: skip masked steps in GAE, λ = 1, always-on dual clip c = 3, log-ratio clamp ±20,
+            // value clip 0.5, empty rows ignored (mean denominators + 1e-8), singleton groups as unit.
+            "verl" => Conventions {
+                name: "verl".into(),
+                kl_coef: 0.001,
+                lam: 1.0,
+                masked_steps: MaskedSteps::Skip,
+                whiten_advantages: true,
+                dual_clip: Some(3.0),
+                log_ratio_clamp: Some(20.0),
+                value_clip: Some(0.5),
+                empty_rows: EmptyRows::Ignore,
+                grpo_singleton_as_unit: true,
+                ..base
+            },
+            other => {
+                return Err(RlhfError::Invalid {
+                    arg: "preset".into(),
+                    reason: format!("unknown preset `{other}`; known: {}", PRESETS.join(", ")),
+                })
+            }
+        };
+        Ok(c)
+    }
+
+    pub fn kl_config(&self) -> KlConfig {
+        KlConfig {
+            estimator: self.kl_estimator,
+            log_ratio_clamp: self.kl_log_ratio_clamp,
+            value_clamp: self.kl_value_clamp,
+        }
+    }
+    pub fn reward_config(&self) -> RewardShapingConfig {
+        RewardShapingConfig {
+            kl_coef: self.kl_coef,
+            kl: self.kl_config(),
+            score_placement: self.score_placement,
+            score_clip: self.score_clip,
+        }
+    }
+    pub fn gae_config(&self) -> GaeConfig {
+        GaeConfig {
+            gamma: self.gamma,
+            lam: self.lam,
+            masked_steps: self.masked_steps,
+        }
+    }
+    pub fn whiten_config(&self) -> WhitenConfig {
+        WhitenConfig {
+            shift_mean: true,
+            unbiased: self.whiten_unbiased,
+            eps: self.whiten_eps,
+            eps_mode: self.whiten_eps_mode,
+        }
+    }
+    pub fn policy_loss_config(&self) -> PolicyLossConfig {
+        PolicyLossConfig {
+            clip_low: self.clip_low,
+            clip_high: self.clip_high,
+            dual_clip: self.dual_clip,
+            log_ratio_clamp: self.log_ratio_clamp,
+            agg: self.loss_agg,
+            empty_rows: self.empty_rows,
+            approx_kl: self.approx_kl,
+        }
+    }
+    pub fn value_loss_config(&self) -> ValueLossConfig {
+        ValueLossConfig {
+            clip: self.value_clip,
+            agg: self.loss_agg,
+            empty_rows: self.empty_rows,
+        }
+    }
+    pub fn grpo_config(&self) -> GrpoConfig {
+        GrpoConfig {
+            scale_by_std: true,
+            unbiased_std: true,
+            eps: self.grpo_eps,
+            singleton_as_unit: self.grpo_singleton_as_unit,
+        }
+    }
+}

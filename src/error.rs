@@ -1,0 +1,93 @@
+//! Typed errors. Every public function validates its inputs and returns one of these instead of panicking
+//! or producing a silent NaN. Each variant names the offending argument.
+
+use thiserror::Error;
+
+/// Result alias used across the crate.
+pub type Result<T> = std::result::Result<T, RlhfError>;
+
+/// What went wrong, and with which argument.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum RlhfError {
+    /// Two tensors that must agree in shape do not.
+    #[error("shape mismatch: `{arg}` has shape {got:?}, expected {expected}")]
+    Shape {
+        arg: String,
+        got: Vec<i64>,
+        expected: String,
+    },
+
+    /// A tensor has the wrong dtype (e.g. integer logits, float labels).
+    #[error("dtype: `{arg}` is {got}, expected {expected}")]
+    Dtype {
+        arg: String,
+        got: String,
+        expected: String,
+    },
+
+    /// A mask holds a value other than 0 or 1.
+    #[error("mask `{arg}` must contain only 0 and 1")]
+    NonBinaryMask { arg: String },
+
+    /// NaN or ±Inf where a real number is required (at an unmasked position, for masked inputs).
+    #[error("`{arg}` contains NaN or Inf at {count} position(s) that are used")]
+    NonFinite { arg: String, count: i64 },
+
+    /// A reduction over tokens was asked of rows that have no unmasked token.
+    #[error(
+        "`{arg}`: row(s) {rows:?} have zero unmasked tokens, so a mean over them is undefined"
+    )]
+    EmptyRows { arg: String, rows: Vec<i64> },
+
+    /// A hyper-parameter is outside its valid range.
+    #[error("`{arg}` = {value} is out of range: must be {range}")]
+    OutOfRange {
+        arg: String,
+        value: f64,
+        range: String,
+    },
+
+    /// Any other invalid argument, with an explanation.
+    #[error("invalid `{arg}`: {reason}")]
+    Invalid { arg: String, reason: String },
+
+    /// An error reported by libtorch (should not happen on validated input; kept typed, never a panic).
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for RlhfError {
+    fn from(e: tch::TchError) -> Self {
+        RlhfError::Torch(e.to_string())
+    }
+}
+
+impl RlhfError {
+    /// A short machine-readable name of the error class (used in the JSON errors of `rlhf-lab calc`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RlhfError::Shape { .. } => "shape_mismatch",
+            RlhfError::Dtype { .. } => "dtype",
+            RlhfError::NonBinaryMask { .. } => "non_binary_mask",
+            RlhfError::NonFinite { .. } => "non_finite",
+            RlhfError::EmptyRows { .. } => "empty_rows",
+            RlhfError::OutOfRange { .. } => "out_of_range",
+            RlhfError::Invalid { .. } => "invalid_argument",
+            RlhfError::Torch(_) => "torch",
+        }
+    }
+
+    /// The argument the error is about, if any.
+    pub fn argument(&self) -> Option<&str> {
+        match self {
+            RlhfError::Shape { arg, .. }
+            | RlhfError::Dtype { arg, .. }
+            | RlhfError::NonBinaryMask { arg }
+            | RlhfError::NonFinite { arg, .. }
+            | RlhfError::EmptyRows { arg, .. }
+            | RlhfError::OutOfRange { arg, .. }
+            | RlhfError::Invalid { arg, .. } => Some(arg),
+            RlhfError::Torch(_) => None,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! KL-shaped per-token rewards: `r_t = −kl_coef · KL_t`, plus the (clipped) sequence score on one step.
+//!
+//! Sources: seed 001 §3.2.4 (`KL = −kl_ctl·(log_probs − ref_log_probs)`, score added at the last valid
+//! token → `KL_rewards`); seed 003 "PPO 涉及的模型" (reward = −0.2·KL + score); DeepSpeed-Chat
+//! `compute_rewards`; TRL `PPOTrainer.compute_rewards` / PPOv2 `rewards[[actual_start, actual_end]] += scores`;
+//! OpenRLHF `compute_reward`; verl `apply_kl_penalty`; Ziegler et al. 2019 eq. 2.
+
+use crate::check;
+use crate::error::{Result, RlhfError};
+use crate::kl::{estimate, KlConfig};
+use crate::masked::zero_masked;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// On which step the sequence score lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScorePlacement {
+    /// The last response token whose mask is 1 (seed 001 §3.2.4, OpenRLHF, verl).
+    LastResponseToken,
+    /// The step after the last response token, or the last token when the response fills the row
+    /// (TRL PPOv2 `sequence_lengths_p1`; DeepSpeed-Chat `rewards[j, start:ends[j]][-1]` with
+    /// `ends = start + n + 1`). That step is added to the returned reward mask so GAE sees it.
+    AfterLastResponseToken,
+}
+
+/// Options of [`kl_shaped_rewards`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RewardShapingConfig {
+    /// β of the KL penalty (seed 001: `kl_ctl = 0.02`; seed 003: 0.2).
+    pub kl_coef: f64,
+    pub kl: KlConfig,
+    pub score_placement: ScorePlacement,
+    /// Clip the score to `[−c, c]` before adding it (DeepSpeed-Chat `clip_reward_value = 5`, OpenRLHF).
+    pub score_clip: Option<f64>,
+}
+
+/// Output of [`kl_shaped_rewards`].
+#[derive(Debug)]
+pub struct ShapedRewards {
+    /// (B, T) per-step rewards; 0 outside `mask`.
+    pub rewards: Tensor,
+    /// (B, T) the per-token KL estimate that was penalised (0 where not penalised).
+    pub kl: Tensor,
+    /// (B, T) bool: steps that carry reward — the response mask, plus the score step when it lies after
+    /// the response. Pass this mask to GAE.
+    pub mask: Tensor,
+    /// (B,) int64 index of the step that received the score.
+    pub score_index: Tensor,
+}
+
+/// Index of the last set entry of each row of a (B, T) bool mask (rows must be non-empty).
+pub(crate) fn last_index(m: &Tensor) -> Tensor {
+    let t = m.size()[1];
+    let flipped_first = m.to_kind(Kind::Int64).fliplr().argmax(-1, false);
+    -flipped_first + (t - 1)
+}
+
+/// KL-shaped rewards.
+///
+/// Shapes: `log_probs`, `ref_log_probs`, `mask` (B, T) response-aligned (mask = 1 on response tokens,
+/// 0 on prompt and padding, any padding side); `scores` (B,). Per token
+/// `r_t = −kl_coef · KL_t` on masked-in tokens, then `r[b, i_b] += clip(score_b)` at the placement index.
+/// A row with zero response tokens is an error (there is no step to put its score on).
+pub fn kl_shaped_rewards(
+    log_probs: &Tensor,
+    ref_log_probs: &Tensor,
+    mask: &Tensor,
+    scores: &Tensor,
+    cfg: &RewardShapingConfig,
+) -> Result<ShapedRewards> {
+    check::non_negative("kl_coef", cfg.kl_coef)?;
+    cfg.kl.validate()?;
+    if let Some(c) = cfg.score_clip {
+        check::positive("score_clip", c)?;
+    }
+    check::float("log_probs", log_probs)?;
+    check::ndim("log_probs", log_probs, 2, "(B, T)")?;
+    let m = check::mask("mask", mask, "log_probs", log_probs)?;
+    check::masked_values("log_probs", log_probs, "mask", mask)?;
+    check::masked_values("ref_log_probs", ref_log_probs, "mask", mask)?;
+    let (b, t) = log_probs.size2()?;
+    check::float_shaped("scores", scores, &[b], "one score per row")?;
+    check::finite("scores", scores)?;
+    check::no_empty_rows("mask", &m)?;
+
+    let diff = zero_masked(&(log_probs - ref_log_probs), &m);
+    let kl = zero_masked(&estimate(&diff, &cfg.kl), &m);
+    let mut rewards = &kl * (-cfg.kl_coef);
+
+    let last = last_index(&m);
+    let score_index = match cfg.score_placement {
+        ScorePlacement::LastResponseToken => last,
+        ScorePlacement::AfterLastResponseToken => (last + 1).clamp_max(t - 1),
+    };
+    let score = match cfg.score_clip {
+        Some(c) => scores.clamp(-c, c),
+        None => scores.shallow_clone(),
+    }
+    .to_kind(rewards.kind())
+    .to_device(rewards.device());
+    let idx = score_index.to_device(rewards.device()).unsqueeze(-1);
+    rewards = rewards.scatter_add(1, &idx, &score.unsqueeze(-1));
+    let placed = Tensor::zeros([b, t], (Kind::Bool, m.device())).scatter_value(1, &idx, 1);
+    let out_mask = m.logical_or(&placed);
+    if out_mask.size() != [b, t] {
+        return Err(RlhfError::Torch("internal: reward mask shape".into()));
+    }
+    Ok(ShapedRewards {
+        rewards,
+        kl,
+        mask: out_mask,
+        score_index,
+    })
+}
