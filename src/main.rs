@@ -197,8 +197,13 @@ fn demo(as_json: bool) -> ExitCode {
             format!("ERRATUM — {cause}")
         };
         println!(
-            "{:<11} {:>2}  {:>12}  {:>14.7}  {:>9.1e}  {}",
-            r.quantity, r.step, r.printed, r.computed, r.tolerance, status
+            "{:<11} {:>2}  {:>12}  {:>14}  {:>9.1e}  {}",
+            r.quantity,
+            r.step,
+            r.printed,
+            we::format_like(r.printed, r.computed),
+            r.tolerance,
+            status
         );
     }
     let (adv4, ret4) = we::document_style_gae(&ex.deltas);

@@ -257,3 +257,18 @@ pub fn document_style_gae(deltas: &[f64]) -> (Vec<f64>, Vec<f64>) {
         .collect();
     (adv, ret)
 }
+
+/// Format `value` in the notation of `printed` with one more digit, for side-by-side tables
+/// and at least 5 decimals (`"-4.6873e-04"` → `-4.68730e-4`, `"-0.0826"` → `-0.08260`).
+pub fn format_like(printed: &str, value: f64) -> String {
+    match printed.split_once(['e', 'E']) {
+        Some((m, _)) => {
+            let d = m.split_once('.').map(|(_, f)| f.len()).unwrap_or(0) + 1;
+            format!("{value:.d$e}")
+        }
+        None => {
+            let d = (printed.split_once('.').map(|(_, f)| f.len()).unwrap_or(0) + 1).max(5);
+            format!("{value:.d$}")
+        }
+    }
+}

@@ -127,11 +127,11 @@ fn snapshot_comparison_table() {
         .iter()
         .map(|r| {
             format!(
-                "{:<10} t={} printed={:>12} computed={:>11.6} {}",
+                "{:<10} t={} printed={:>12} computed={:>13} {}",
                 r.quantity,
                 r.step,
                 r.printed,
-                r.computed,
+                we::format_like(r.printed, r.computed),
                 if r.matches { "ok" } else { "ERRATUM" }
             )
         })
