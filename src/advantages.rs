@@ -83,6 +83,9 @@ fn validate(
 /// Shift left along time by one, filling the end with 0: `out[:, t] = x[:, t+1]`.
 fn next_step(x: &Tensor) -> Tensor {
     let t = x.size()[1];
+    if t == 0 {
+        return x.shallow_clone();
+    }
     x.narrow(1, 1, t - 1).constant_pad_nd([0i64, 1])
 }
 
@@ -105,6 +108,9 @@ pub(crate) fn suffix_scan(a: &Tensor, b: &Tensor) -> Tensor {
 /// Reference loop for the same recurrence (one batched op per time step).
 pub(crate) fn suffix_loop(a: &Tensor, b: &Tensor) -> Tensor {
     let t = b.size()[1];
+    if t == 0 {
+        return b.zeros_like();
+    }
     let mut carry = b.select(1, t - 1).zeros_like();
     let mut out = Vec::with_capacity(t as usize);
     for i in (0..t).rev() {

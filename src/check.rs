@@ -50,6 +50,21 @@ pub fn ndim(arg: &str, t: &Tensor, dims: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `dim` must be a valid dimension index of `t` (negative counts from the end).
+pub fn dim(arg: &str, t: &Tensor, dim: i64) -> Result<()> {
+    let n = t.dim() as i64;
+    if !(-n..n).contains(&dim) {
+        return Err(RlhfError::Invalid {
+            arg: arg.into(),
+            reason: format!(
+                "dim {dim} is out of range for a tensor of shape {:?}",
+                t.size()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// `b` must have the shape of `a`.
 pub fn same_shape(a_arg: &str, a: &Tensor, b_arg: &str, b: &Tensor) -> Result<()> {
     if a.size() != b.size() {

@@ -34,6 +34,9 @@ pub fn masked_sum(values: &Tensor, mask: &Tensor, dim: Option<i64>) -> Result<Te
     check::float("values", values)?;
     let m = check::mask("mask", mask, "values", values)?;
     check::finite_where("values", values, &m)?;
+    if let Some(d) = dim {
+        check::dim("dim", values, d)?;
+    }
     Ok(masked_sum_unchecked(values, &m, dim))
 }
 
@@ -66,6 +69,9 @@ pub fn masked_mean(
     check::float("values", values)?;
     let m = check::mask("mask", mask, "values", values)?;
     check::finite_where("values", values, &m)?;
+    if let Some(d) = dim {
+        check::dim("dim", values, d)?;
+    }
     masked_mean_unchecked(values, &m, dim, empty, "mask")
 }
 
