@@ -15,7 +15,7 @@ demo: setup
 	$(CARGO) run --release --quiet -- demo
 
 test: setup
-	$(CARGO) test --release --all-targets -- --include-ignored
+	$(CARGO) test --release --all-targets
 	$(CARGO) run --release --quiet -- demo > /dev/null
 	@bash scripts/check-snapshots.sh
 

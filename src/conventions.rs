@@ -212,3 +212,124 @@ impl Conventions {
         }
     }
 }
+
+fn show_opt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v}")).unwrap_or_else(|| "—".into())
+}
+
+fn show<T: Serialize>(x: &T) -> String {
+    serde_json::to_value(x)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// The README's conventions table (one row per option, one column per preset), generated from the
+/// presets so documentation cannot drift from code (a test compares it with README.md).
+pub fn markdown_table() -> String {
+    let ps: Vec<Conventions> = PRESETS
+        .iter()
+        .map(|n| Conventions::preset(n).expect("known preset"))
+        .collect();
+    type Row = (&'static str, &'static str, fn(&Conventions) -> String);
+    let rows: [Row; 23] = [
+        (
+            "kl_coef",
+            "default β of the KL penalty in the reward",
+            |c| format!("{}", c.kl_coef),
+        ),
+        ("kl_estimator", "per-token KL in the reward", |c| {
+            show(&c.kl_estimator)
+        }),
+        (
+            "kl_log_ratio_clamp",
+            "clamp of log π − log π_ref before the estimator",
+            |c| show_opt(c.kl_log_ratio_clamp),
+        ),
+        (
+            "kl_value_clamp",
+            "clamp of the per-token KL estimate",
+            |c| show_opt(c.kl_value_clamp),
+        ),
+        ("score_placement", "where the sequence score lands", |c| {
+            show(&c.score_placement)
+        }),
+        ("score_clip", "score clipped to ±c", |c| {
+            show_opt(c.score_clip)
+        }),
+        ("gamma", "discount γ", |c| format!("{}", c.gamma)),
+        ("lam", "GAE λ", |c| format!("{}", c.lam)),
+        (
+            "masked_steps",
+            "masked steps in GAE: counted as zero / skipped",
+            |c| show(&c.masked_steps),
+        ),
+        (
+            "whiten_advantages",
+            "advantages whitened over response tokens",
+            |c| format!("{}", c.whiten_advantages),
+        ),
+        (
+            "whiten_unbiased",
+            "Bessel-corrected whitening variance",
+            |c| format!("{}", c.whiten_unbiased),
+        ),
+        ("whiten_eps", "whitening ε", |c| {
+            format!("{:e}", c.whiten_eps)
+        }),
+        (
+            "whiten_eps_mode",
+            "rsqrt(var + ε) / rsqrt(max(var, ε))",
+            |c| show(&c.whiten_eps_mode),
+        ),
+        (
+            "clip_low / clip_high",
+            "PPO ratio clip ε_low / ε_high",
+            |c| format!("{} / {}", c.clip_low, c.clip_high),
+        ),
+        ("dual_clip", "dual-clip constant c (A < 0)", |c| {
+            show_opt(c.dual_clip)
+        }),
+        (
+            "log_ratio_clamp",
+            "clamp of log π − log π_old before exp",
+            |c| show_opt(c.log_ratio_clamp),
+        ),
+        ("loss_agg", "loss aggregation", |c| show(&c.loss_agg)),
+        ("approx_kl", "estimator reported as approx-KL", |c| {
+            show(&c.approx_kl)
+        }),
+        ("value_clip", "value-prediction clip ±c", |c| {
+            show_opt(c.value_clip)
+        }),
+        ("empty_rows", "mean over a fully-masked row", |c| {
+            show(&c.empty_rows)
+        }),
+        (
+            "ipo_length_normalize",
+            "IPO on per-token mean log-probs",
+            |c| format!("{}", c.ipo_length_normalize),
+        ),
+        ("grpo_eps", "GRPO std ε", |c| format!("{:e}", c.grpo_eps)),
+        (
+            "grpo_singleton_as_unit",
+            "group of one: mean 0, std 1 (else error)",
+            |c| format!("{}", c.grpo_singleton_as_unit),
+        ),
+    ];
+    let mut out = String::from("| option | meaning |");
+    for p in &ps {
+        out += &format!(" `{}` |", p.name);
+    }
+    out += "\n|---|---|";
+    out += &"---|".repeat(ps.len());
+    out += "\n";
+    for (name, meaning, f) in rows {
+        out += &format!("| `{name}` | {meaning} |");
+        for p in &ps {
+            out += &format!(" {} |", f(p));
+        }
+        out += "\n";
+    }
+    out
+}

@@ -26,6 +26,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the convention presets (JSON, or the README's markdown table).
+    Presets {
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Run one primitive on JSON (stdin or --input); hyper-parameters as fields or `--name value` flags.
     Calc {
         /// The op (see --list).
@@ -52,6 +57,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { json } => demo(json),
+        Command::Presets { markdown } => {
+            if markdown {
+                print!("{}", rlhf_lab::conventions::markdown_table());
+            } else {
+                let all: Vec<_> = rlhf_lab::conventions::PRESETS
+                    .iter()
+                    .map(|n| rlhf_lab::conventions::Conventions::preset(n).expect("known preset"))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all).expect("json"));
+            }
+            ExitCode::SUCCESS
+        }
         Command::Calc {
             op,
             input,
