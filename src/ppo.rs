@@ -11,7 +11,7 @@ use crate::error::{Result, RlhfError};
 use crate::kl::{estimate, KlConfig, KlEstimator};
 use crate::masked::{aggregate_unchecked, masked_mean_unchecked, zero_masked, EmptyRows, LossAgg};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Options of [`policy_loss`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -326,6 +326,3 @@ impl KlController for AdaptiveKlController {
         Ok(())
     }
 }
-
-#[allow(dead_code)]
-fn _kind_check(_: Kind) {}

@@ -6,7 +6,7 @@
 //! OpenRLHF `compute_reward`; verl `apply_kl_penalty`; Ziegler et al. 2019 eq. 2.
 
 use crate::check;
-use crate::error::{Result, RlhfError};
+use crate::error::Result;
 use crate::kl::{estimate, KlConfig};
 use crate::masked::zero_masked;
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,8 @@ pub fn kl_shaped_rewards(
 
     let diff = zero_masked(&(log_probs - ref_log_probs), &m);
     let kl = zero_masked(&estimate(&diff, &cfg.kl), &m);
-    let mut rewards = &kl * (-cfg.kl_coef);
+    // `+ 0.0` turns the −0.0 of `−β·0` into +0.0 (cosmetic in JSON; exact for every other value).
+    let mut rewards = &kl * (-cfg.kl_coef) + 0.0;
 
     let last = last_index(&m);
     let score_index = match cfg.score_placement {
@@ -102,14 +103,10 @@ pub fn kl_shaped_rewards(
     let idx = score_index.to_device(rewards.device()).unsqueeze(-1);
     rewards = rewards.scatter_add(1, &idx, &score.unsqueeze(-1));
     let placed = Tensor::zeros([b, t], (Kind::Bool, m.device())).scatter_value(1, &idx, 1);
-    let out_mask = m.logical_or(&placed);
-    if out_mask.size() != [b, t] {
-        return Err(RlhfError::Torch("internal: reward mask shape".into()));
-    }
     Ok(ShapedRewards {
         rewards,
         kl,
-        mask: out_mask,
+        mask: m.logical_or(&placed),
         score_index,
     })
 }
