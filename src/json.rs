@@ -35,40 +35,51 @@ fn bad(arg: &str, reason: &str) -> RlhfError {
 
 /// Flatten a nested array, checking it is rectangular. Returns (shape, data).
 pub fn nested(arg: &str, v: &Value) -> Result<(Vec<i64>, Vec<f64>)> {
-    fn walk(
-        arg: &str,
-        v: &Value,
-        depth: usize,
-        shape: &mut Vec<i64>,
-        data: &mut Vec<f64>,
-    ) -> Result<()> {
+    struct Walk {
+        shape: Vec<i64>,
+        data: Vec<f64>,
+        /// Depth at which scalars live, fixed by the first scalar seen.
+        leaf_depth: Option<usize>,
+    }
+    fn walk(arg: &str, v: &Value, depth: usize, w: &mut Walk) -> Result<()> {
         match v {
             Value::Array(items) => {
-                if shape.len() == depth {
-                    shape.push(items.len() as i64);
-                } else if shape.len() < depth || shape[depth] != items.len() as i64 {
+                if w.leaf_depth.is_some_and(|l| depth >= l) {
+                    return Err(bad(arg, "ragged nested array: mixed scalars and arrays"));
+                }
+                if w.shape.len() == depth {
+                    w.shape.push(items.len() as i64);
+                } else if w.shape.len() < depth || w.shape[depth] != items.len() as i64 {
                     return Err(bad(
                         arg,
                         "ragged nested array: all rows must have the same length",
                     ));
                 }
-                for it in items {
-                    walk(arg, it, depth + 1, shape, data)?;
-                }
-                Ok(())
+                items.iter().try_for_each(|it| walk(arg, it, depth + 1, w))
             }
             scalar => {
-                if shape.len() != depth {
+                if w.shape.len() != depth || w.leaf_depth.is_some_and(|l| l != depth) {
                     return Err(bad(arg, "ragged nested array: mixed scalars and arrays"));
                 }
-                data.push(number(arg, scalar)?);
+                w.leaf_depth = Some(depth);
+                w.data.push(number(arg, scalar)?);
                 Ok(())
             }
         }
     }
-    let (mut shape, mut data) = (vec![], vec![]);
-    walk(arg, v, 0, &mut shape, &mut data)?;
-    Ok((shape, data))
+    let mut w = Walk {
+        shape: vec![],
+        data: vec![],
+        leaf_depth: None,
+    };
+    walk(arg, v, 0, &mut w)?;
+    if w.data.len() as i64 != w.shape.iter().product::<i64>() {
+        return Err(bad(
+            arg,
+            "ragged nested array: element count does not match the shape",
+        ));
+    }
+    Ok((w.shape, w.data))
 }
 
 /// JSON → float tensor of `kind` (f32 or f64).
@@ -123,4 +134,53 @@ pub fn from_tensor(t: &Tensor) -> Value {
         return num(data.first().copied().unwrap_or(f64::NAN));
     }
     build(&shape, &data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nested_arrays_round_trip_with_shape() {
+        let v = json!([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+        let t = to_tensor("x", &v, Kind::Double).unwrap();
+        assert_eq!(t.size(), vec![2, 3]);
+        assert_eq!(from_tensor(&t), v);
+        assert_eq!(
+            from_tensor(&to_tensor("x", &json!(2.5), Kind::Double).unwrap()),
+            json!(2.5)
+        );
+    }
+
+    #[test]
+    fn ragged_and_non_numeric_input_is_rejected() {
+        for bad in [
+            json!([[1.0, 2.0], [3.0]]),
+            json!([1.0, [2.0]]),
+            json!([[1.0], 2.0]),
+            json!(["x"]),
+            json!([null]),
+        ] {
+            assert!(
+                matches!(nested("x", &bad), Err(RlhfError::Invalid { .. })),
+                "{bad}"
+            );
+        }
+        assert!(to_long("labels", &json!([1.5])).is_err());
+    }
+
+    #[test]
+    fn non_finite_values_travel_as_strings() {
+        let t = to_tensor(
+            "x",
+            &json!(["NaN", "Infinity", "-Infinity", 1]),
+            Kind::Double,
+        )
+        .unwrap();
+        assert_eq!(
+            from_tensor(&t),
+            json!(["NaN", "Infinity", "-Infinity", 1.0])
+        );
+    }
 }

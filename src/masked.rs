@@ -1,5 +1,7 @@
 //! Masked reductions: sum, mean, variance, whitening, and PPO-style loss aggregation.
 //!
+//! Reductions of f16/bf16 inputs accumulate in, and return, f32 ([`accumulate_kind`]).
+//!
 //! Masks are validated by [`crate::check::mask`] (0/1, same shape). Masked entries are excluded with
 //! `where`, never by multiplication, so a NaN/Inf sitting at a masked position cannot turn into
 //! `NaN · 0 = NaN` (a bug class seen in other stacks). Every per-token output of this crate is exactly 0
@@ -24,6 +26,15 @@ pub enum EmptyRows {
     Ignore,
 }
 
+/// The dtype reductions accumulate in: f32 for f16/bf16 inputs (a token count above 65,504 overflows f16,
+/// and long f16 sums lose every digit), the input's own float kind otherwise.
+pub fn accumulate_kind(k: Kind) -> Kind {
+    match k {
+        Kind::Half | Kind::BFloat16 => Kind::Float,
+        k => k,
+    }
+}
+
 /// Replace masked entries by 0 (without multiplying, so NaN/Inf at masked positions vanish).
 pub fn zero_masked(values: &Tensor, mask: &Tensor) -> Tensor {
     values.where_self(mask, &values.zeros_like())
@@ -42,9 +53,10 @@ pub fn masked_sum(values: &Tensor, mask: &Tensor, dim: Option<i64>) -> Result<Te
 
 pub(crate) fn masked_sum_unchecked(values: &Tensor, m: &Tensor, dim: Option<i64>) -> Tensor {
     let z = zero_masked(values, m);
+    let acc = accumulate_kind(z.kind());
     match dim {
-        None => z.sum(z.kind()),
-        Some(d) => z.sum_dim_intlist(&[d][..], false, z.kind()),
+        None => z.sum(acc),
+        Some(d) => z.sum_dim_intlist(&[d][..], false, acc),
     }
 }
 
@@ -82,7 +94,7 @@ pub(crate) fn masked_mean_unchecked(
     empty: EmptyRows,
     arg: &str,
 ) -> Result<Tensor> {
-    let n = count(m, dim, values.kind());
+    let n = count(m, dim, accumulate_kind(values.kind()));
     let is_empty = n.eq(0);
     if empty == EmptyRows::Error && is_empty.any().int64_value(&[]) == 1 {
         let rows = match dim {
@@ -112,6 +124,7 @@ pub fn masked_var(values: &Tensor, mask: &Tensor, unbiased: bool) -> Result<Tens
 }
 
 pub(crate) fn masked_var_unchecked(values: &Tensor, m: &Tensor, unbiased: bool) -> Result<Tensor> {
+    let values = &values.to_kind(accumulate_kind(values.kind()));
     let n = m.sum(Kind::Int64).int64_value(&[]);
     let needed = if unbiased { 2 } else { 1 };
     if n < needed {

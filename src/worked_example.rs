@@ -272,3 +272,33 @@ pub fn format_like(printed: &str, value: f64) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_ulp_reads_the_printed_precision() {
+        assert_eq!(half_ulp("-0.0826"), 5e-5);
+        assert!((half_ulp("-4.6873e-04") - 5e-9).abs() < 1e-24);
+        assert!((half_ulp("5.8591e-05") - 5e-10).abs() < 1e-25);
+        assert_eq!(half_ulp("-0.0"), 0.05);
+        assert_eq!(half_ulp("-0.086"), 5e-4);
+        assert_eq!(half_ulp("3"), 0.5);
+    }
+
+    #[test]
+    fn format_like_adds_one_digit_in_the_same_notation() {
+        assert_eq!(format_like("-4.6873e-04", -4.687312e-4), "-4.68731e-4");
+        assert_eq!(format_like("-0.0826", -0.0826), "-0.08260");
+        assert_eq!(format_like("-0.0", -0.05635855), "-0.05636");
+    }
+
+    #[test]
+    fn errata_list_is_sorted_and_unique() {
+        let keys: Vec<(&str, usize)> = ERRATA.iter().map(|(q, s, _)| (*q, *s)).collect();
+        let mut sorted = keys.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len());
+    }
+}

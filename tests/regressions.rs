@@ -367,3 +367,25 @@ fn half_precision_logits_are_upcast_for_log_softmax() {
         max_abs_diff(&bf, &exact)
     );
 }
+
+#[test]
+fn half_precision_reductions_do_not_overflow_the_token_count() {
+    // 256 × 1024 = 262,144 tokens > f16 max (65,504): counting in f16 would give inf and a mean of 0.
+    let x = Tensor::full([256, 1024], 0.5, (Kind::Half, Device::Cpu));
+    let m = Tensor::ones([256, 1024], (Kind::Bool, Device::Cpu));
+    let mean = masked_mean(&x, &m, None, EmptyRows::Error).unwrap();
+    assert_eq!(mean.kind(), Kind::Float);
+    assert_eq!(s(&mean), 0.5);
+    let loss = aggregate(&x, &m, LossAgg::TokenMean, EmptyRows::Error).unwrap();
+    assert_eq!(s(&loss), 0.5);
+    let pg = policy_loss(&x, &x, &x, &m, &PolicyLossConfig::default()).unwrap();
+    assert_eq!(s(&pg.loss), -0.5);
+    let w = masked_whiten(
+        &(Tensor::arange(262_144, (Kind::Float, Device::Cpu)).reshape([256, 1024]) / 262_144.0)
+            .to_kind(Kind::Half),
+        &m,
+        WhitenConfig::default(),
+    )
+    .unwrap();
+    assert!(s(&masked_var(&w, &m, true).unwrap()) > 0.99);
+}
