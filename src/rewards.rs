@@ -7,8 +7,7 @@
 
 use crate::check;
 use crate::error::Result;
-use crate::kl::{estimate, KlConfig};
-use crate::masked::zero_masked;
+use crate::kl::{kl_per_token, KlConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -70,22 +69,19 @@ pub fn kl_shaped_rewards(
     cfg: &RewardShapingConfig,
 ) -> Result<ShapedRewards> {
     check::non_negative("kl_coef", cfg.kl_coef)?;
-    cfg.kl.validate()?;
     if let Some(c) = cfg.score_clip {
         check::positive("score_clip", c)?;
     }
     check::float("log_probs", log_probs)?;
     check::ndim("log_probs", log_probs, 2, "(B, T)")?;
+    // Validates both log-prob tensors and the mask; 0 at masked positions.
+    let kl = kl_per_token(log_probs, ref_log_probs, mask, &cfg.kl)?;
     let m = check::mask("mask", mask, "log_probs", log_probs)?;
-    check::masked_values("log_probs", log_probs, "mask", mask)?;
-    check::masked_values("ref_log_probs", ref_log_probs, "mask", mask)?;
     let (b, t) = log_probs.size2()?;
     check::float_shaped("scores", scores, &[b], "one score per row")?;
     check::finite("scores", scores)?;
     check::no_empty_rows("mask", &m)?;
 
-    let diff = zero_masked(&(log_probs - ref_log_probs), &m);
-    let kl = zero_masked(&estimate(&diff, &cfg.kl), &m);
     // `+ 0.0` turns the −0.0 of `−β·0` into +0.0 (cosmetic in JSON; exact for every other value).
     let mut rewards = &kl * (-cfg.kl_coef) + 0.0;
 

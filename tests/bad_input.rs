@@ -10,7 +10,6 @@ use rlhf_lab::masked::*;
 use rlhf_lab::ppo::*;
 use rlhf_lab::reward_model::*;
 use rlhf_lab::rewards::*;
-use rlhf_lab::RlhfError;
 use tch::{Device, Kind, Tensor};
 
 /// Assert `r` is an error of class `kind` about argument `arg`, and that the message mentions it.
@@ -138,7 +137,7 @@ fn non_binary_masks() {
 
 #[test]
 fn nan_and_inf_at_used_positions() {
-    let mut bad = ok2();
+    let bad = ok2();
     let _ = bad.get(1).get(1).fill_(f64::NAN);
     expect_err(
         gae(&bad, &ok2(), &ones2(), &gcfg()),
@@ -156,7 +155,7 @@ fn nan_and_inf_at_used_positions() {
         "non_finite",
         "values",
     );
-    let mut inf = t1(&[1.0, 2.0]);
+    let inf = t1(&[1.0, 2.0]);
     let _ = inf.get(0).fill_(f64::INFINITY);
     expect_err(
         pairwise_loss(&inf, &t1(&[0.0, 0.0]), None, 0.0),
@@ -176,7 +175,7 @@ fn nan_and_inf_at_used_positions() {
         "non_finite",
         "policy_rejected",
     );
-    let mut logits = Tensor::zeros([1, 2, 3], (Kind::Double, Device::Cpu));
+    let logits = Tensor::zeros([1, 2, 3], (Kind::Double, Device::Cpu));
     let _ = logits.get(0).get(1).get(2).fill_(f64::NAN);
     let labels = Tensor::zeros([1, 2], (Kind::Int64, Device::Cpu));
     expect_err(

@@ -82,7 +82,7 @@ fn after_last_placement_extends_the_reward_mask_and_falls_back_when_full() {
 #[test]
 fn pad_log_prob_sentinels_do_not_leak_into_entropy_or_kl() {
     // TRL fills pad log-probs with INVALID_LOGPROB = 1.0; garbage/NaN logits sit at pad positions.
-    let mut logits = Tensor::randn([2, 4, 6], (Kind::Double, Device::Cpu));
+    let logits = Tensor::randn([2, 4, 6], (Kind::Double, Device::Cpu));
     let mask = t2(&[&[1., 1., 0., 0.], &[1., 1., 1., 0.]]);
     let clean = entropy(&logits, &mask).unwrap();
     let _ = logits.get(0).get(3).fill_(f64::NAN);
@@ -118,7 +118,7 @@ fn pad_log_prob_sentinels_do_not_leak_into_entropy_or_kl() {
 fn nan_times_zero_at_masked_positions_never_reaches_outputs() {
     let mask = t2(&[&[1., 1., 0.], &[1., 0., 0.]]);
     let poison = |x: &[f64]| {
-        let mut t = t2(&[&x[0..3], &x[3..6]]);
+        let t = t2(&[&x[0..3], &x[3..6]]);
         let _ = t.get(0).get(2).fill_(f64::NAN);
         let _ = t.get(1).get(1).fill_(f64::INFINITY);
         let _ = t.get(1).get(2).fill_(f64::NEG_INFINITY);
