@@ -135,6 +135,9 @@ pub fn dpo_loss(lp: &PairLogps, cfg: &DpoConfig) -> Result<DpoOutput> {
         lp.ref_chosen.shallow_clone(),
         lp.ref_rejected.shallow_clone(),
     );
+    // Out-of-place on purpose: `pw` shares storage with the caller's tensor (`shallow_clone`), and tch's
+    // `/=` divides in place — it would overwrite the user's log-probs and break autograd on leaves.
+    #[allow(clippy::assign_op_pattern)]
     if normalise {
         let nw = lengths("chosen_lengths", lp.chosen_lengths, lp.policy_chosen)?;
         let nl = lengths("rejected_lengths", lp.rejected_lengths, lp.policy_chosen)?;

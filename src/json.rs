@@ -123,7 +123,7 @@ pub fn from_tensor(t: &Tensor) -> Value {
             return num(data[0]);
         }
         let n = shape[0] as usize;
-        let stride = if n == 0 { 0 } else { data.len() / n };
+        let stride = data.len().checked_div(n).unwrap_or(0);
         Value::Array(
             (0..n)
                 .map(|i| build(&shape[1..], &data[i * stride..(i + 1) * stride]))

@@ -54,7 +54,7 @@ pub fn pairwise_loss(
         check::float("margin", m)?;
         check::same_shape("chosen", chosen, "margin", m)?;
         check::finite("margin", m)?;
-        diff = diff - m;
+        diff = &diff - m;
     }
     let losses = -diff.log_sigmoid();
     let centering = (chosen + rejected).square().mean(chosen.kind()) * center_coef;

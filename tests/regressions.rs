@@ -389,3 +389,32 @@ fn half_precision_reductions_do_not_overflow_the_token_count() {
     .unwrap();
     assert!(s(&masked_var(&w, &m, true).unwrap()) > 0.99);
 }
+
+#[test]
+fn losses_never_modify_their_inputs() {
+    // tch's compound assignment operators work in place on shared storage; no primitive may use them
+    // on a caller's tensor (IPO normalisation is the tempting spot).
+    let pw = t1(&[-10.0, -4.0]);
+    let pl = t1(&[-2.0, -6.0]);
+    let rw = t1(&[-20.0, -5.0]);
+    let rl = t1(&[-4.0, -7.0]);
+    let (nw, nl) = (t1(&[10.0, 2.0]), t1(&[2.0, 3.0]));
+    let before: Vec<Vec<f64>> = [&pw, &pl, &rw, &rl].iter().map(|t| v1(t)).collect();
+    let lp = PairLogps {
+        policy_chosen: &pw,
+        policy_rejected: &pl,
+        ref_chosen: &rw,
+        ref_rejected: &rl,
+        chosen_lengths: Some(&nw),
+        rejected_lengths: Some(&nl),
+    };
+    for variant in [DpoVariant::Ipo, DpoVariant::Sigmoid, DpoVariant::Hinge] {
+        dpo_loss(&lp, &DpoConfig::new(0.5, variant)).unwrap();
+    }
+    let after: Vec<Vec<f64>> = [&pw, &pl, &rw, &rl].iter().map(|t| v1(t)).collect();
+    assert_eq!(before, after);
+    let m = t1(&[0.5, 0.5]);
+    let c0 = v1(&pw);
+    rlhf_lab::reward_model::pairwise_loss(&pw, &pl, Some(&m), 0.1).unwrap();
+    assert_eq!(v1(&pw), c0);
+}
