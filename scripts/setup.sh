@@ -24,8 +24,8 @@ fi
 echo "setup: pip install torch==$TORCH_VERSION (≈2.7 GB download, ≈4.7 GB installed)"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off "torch==$TORCH_VERSION"
 
-site=$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
-got=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+site=$("$VENV/bin/python" -W ignore -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+got=$("$VENV/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')
 if [ "$got" != "$TORCH_VERSION" ]; then
   echo "setup: expected torch $TORCH_VERSION, found $got" >&2
   exit 1
