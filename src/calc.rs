@@ -6,7 +6,7 @@
 //! The schema of each op is in the README (and `rlhf-lab calc --list`).
 
 use crate::advantages::{self, GaeConfig, GrpoConfig, MaskedSteps};
-use crate::conventions::{Conventions, PRESETS};
+use crate::conventions::Conventions;
 use crate::dpo::{self, DpoConfig, DpoVariant, PairLogps};
 use crate::error::{Result, RlhfError};
 use crate::experience::ppo_experience;
@@ -732,11 +732,7 @@ pub fn run(op: &str, input: Value) -> Result<Value> {
                 "kl": from_tensor(&e.kl), "advantages": from_tensor(&e.advantages), "returns": from_tensor(&e.returns),
             }))
         }
-        "presets" => {
-            let all: Result<Vec<Conventions>> =
-                PRESETS.iter().map(|n| Conventions::preset(n)).collect();
-            Ok(json!({ "presets": all? }))
-        }
+        "presets" => Ok(json!({ "presets": Conventions::all() })),
         other => Err(RlhfError::Invalid {
             arg: "op".into(),
             reason: format!(

@@ -155,6 +155,14 @@ impl Conventions {
         Ok(c)
     }
 
+    /// Every preset, in [`PRESETS`] order.
+    pub fn all() -> Vec<Conventions> {
+        PRESETS
+            .iter()
+            .map(|n| Conventions::preset(n).expect("every name in PRESETS is a preset"))
+            .collect()
+    }
+
     pub fn kl_config(&self) -> KlConfig {
         KlConfig {
             estimator: self.kl_estimator,
@@ -227,10 +235,7 @@ fn show<T: Serialize>(x: &T) -> String {
 /// The README's conventions table (one row per option, one column per preset), generated from the
 /// presets so documentation cannot drift from code (a test compares it with README.md).
 pub fn markdown_table() -> String {
-    let ps: Vec<Conventions> = PRESETS
-        .iter()
-        .map(|n| Conventions::preset(n).expect("known preset"))
-        .collect();
+    let ps = Conventions::all();
     type Row = (&'static str, &'static str, fn(&Conventions) -> String);
     let rows: [Row; 23] = [
         (

@@ -61,10 +61,7 @@ fn main() -> ExitCode {
             if markdown {
                 print!("{}", rlhf_lab::conventions::markdown_table());
             } else {
-                let all: Vec<_> = rlhf_lab::conventions::PRESETS
-                    .iter()
-                    .map(|n| rlhf_lab::conventions::Conventions::preset(n).expect("known preset"))
-                    .collect();
+                let all = rlhf_lab::conventions::Conventions::all();
                 println!("{}", serde_json::to_string_pretty(&all).expect("json"));
             }
             ExitCode::SUCCESS

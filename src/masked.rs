@@ -40,14 +40,20 @@ pub fn zero_masked(values: &Tensor, mask: &Tensor) -> Tensor {
     values.where_self(mask, &values.zeros_like())
 }
 
-/// Sum of unmasked entries. `dim = None` sums everything (scalar); `Some(d)` sums along `d`.
-pub fn masked_sum(values: &Tensor, mask: &Tensor, dim: Option<i64>) -> Result<Tensor> {
+/// Validates a floating `values` tensor with its mask (and `dim`, if given); returns the bool mask.
+fn checked(values: &Tensor, mask: &Tensor, dim: Option<i64>) -> Result<Tensor> {
     check::float("values", values)?;
     let m = check::mask("mask", mask, "values", values)?;
     check::finite_where("values", values, &m)?;
     if let Some(d) = dim {
         check::dim("dim", values, d)?;
     }
+    Ok(m)
+}
+
+/// Sum of unmasked entries. `dim = None` sums everything (scalar); `Some(d)` sums along `d`.
+pub fn masked_sum(values: &Tensor, mask: &Tensor, dim: Option<i64>) -> Result<Tensor> {
+    let m = checked(values, mask, dim)?;
     Ok(masked_sum_unchecked(values, &m, dim))
 }
 
@@ -78,12 +84,7 @@ pub fn masked_mean(
     dim: Option<i64>,
     empty: EmptyRows,
 ) -> Result<Tensor> {
-    check::float("values", values)?;
-    let m = check::mask("mask", mask, "values", values)?;
-    check::finite_where("values", values, &m)?;
-    if let Some(d) = dim {
-        check::dim("dim", values, d)?;
-    }
+    let m = checked(values, mask, dim)?;
     masked_mean_unchecked(values, &m, dim, empty, "mask")
 }
 
@@ -117,9 +118,7 @@ pub(crate) fn masked_mean_unchecked(
 /// which needs `n ≥ 2` unmasked entries — fewer is an error (TRL raises too).
 /// Scalar result over all unmasked entries.
 pub fn masked_var(values: &Tensor, mask: &Tensor, unbiased: bool) -> Result<Tensor> {
-    check::float("values", values)?;
-    let m = check::mask("mask", mask, "values", values)?;
-    check::finite_where("values", values, &m)?;
+    let m = checked(values, mask, None)?;
     masked_var_unchecked(values, &m, unbiased)
 }
 
@@ -182,10 +181,8 @@ impl Default for WhitenConfig {
 /// over all unmasked entries of the batch (TRL `masked_whiten`, verl `masked_whiten`).
 /// Shapes: `values`, `mask` (…); result has the same shape, 0 at masked positions.
 pub fn masked_whiten(values: &Tensor, mask: &Tensor, cfg: WhitenConfig) -> Result<Tensor> {
-    check::float("values", values)?;
+    let m = checked(values, mask, None)?;
     check::non_negative("eps", cfg.eps)?;
-    let m = check::mask("mask", mask, "values", values)?;
-    check::finite_where("values", values, &m)?;
     masked_whiten_unchecked(values, &m, cfg)
 }
 

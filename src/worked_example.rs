@@ -138,17 +138,23 @@ pub fn parse(s: &str) -> f64 {
     s.parse().expect("printed constants are valid numbers")
 }
 
+/// Decimals of the mantissa and the exponent of a printed number (`"-4.6873e-04"` → (4, Some(-4)),
+/// `"-0.0826"` → (4, None)).
+fn printed_precision(s: &str) -> (usize, Option<i32>) {
+    let (mantissa, exp) = match s.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e.parse::<i32>().expect("exponent"))),
+        None => (s, None),
+    };
+    (
+        mantissa.split_once('.').map(|(_, f)| f.len()).unwrap_or(0),
+        exp,
+    )
+}
+
 /// Half a unit in the last printed digit of `s` (`"-0.0826"` → 5e-5, `"-4.6873e-04"` → 5e-9).
 pub fn half_ulp(s: &str) -> f64 {
-    let (mantissa, exp) = match s.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e.parse::<i32>().expect("exponent")),
-        None => (s, 0),
-    };
-    let decimals = mantissa
-        .split_once('.')
-        .map(|(_, f)| f.len() as i32)
-        .unwrap_or(0);
-    0.5 * 10f64.powi(exp - decimals)
+    let (decimals, exp) = printed_precision(s);
+    0.5 * 10f64.powi(exp.unwrap_or(0) - decimals as i32)
 }
 
 /// The document's printed `KL_rewards` as numbers.
@@ -261,15 +267,9 @@ pub fn document_style_gae(deltas: &[f64]) -> (Vec<f64>, Vec<f64>) {
 /// Format `value` in the notation of `printed` with one more digit, for side-by-side tables
 /// and at least 5 decimals (`"-4.6873e-04"` → `-4.68730e-4`, `"-0.0826"` → `-0.08260`).
 pub fn format_like(printed: &str, value: f64) -> String {
-    match printed.split_once(['e', 'E']) {
-        Some((m, _)) => {
-            let d = m.split_once('.').map(|(_, f)| f.len()).unwrap_or(0) + 1;
-            format!("{value:.d$e}")
-        }
-        None => {
-            let d = (printed.split_once('.').map(|(_, f)| f.len()).unwrap_or(0) + 1).max(5);
-            format!("{value:.d$}")
-        }
+    match printed_precision(printed) {
+        (d, Some(_)) => format!("{value:.*e}", d + 1),
+        (d, None) => format!("{value:.*}", (d + 1).max(5)),
     }
 }
 
