@@ -24,4 +24,5 @@ pub mod experience;
 pub mod json;
 pub mod ppo;
 pub mod reward_model;
+pub mod toy;
 pub mod worked_example;
