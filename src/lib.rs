@@ -22,6 +22,8 @@ pub mod conventions;
 pub mod dpo;
 pub mod experience;
 pub mod json;
+#[cfg(feature = "notebook")]
+pub mod notebook;
 pub mod ppo;
 pub mod reward_model;
 pub mod toy;
