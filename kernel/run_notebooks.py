@@ -107,10 +107,16 @@ def run(path: Path, args) -> dict:
         return result
 
     client.async_execute_cell = timed
-    client.execute()
+    aborted = None
+    try:
+        client.execute()
+    except Exception as exc:  # a cell timeout or a dead kernel: report it like any other failure
+        aborted = f"run aborted: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.time() - start
     figures = add_svg(nb)
     found = problems(nb)
+    if aborted:
+        found.insert(0, aborted)
 
     dest = path if args.inplace else Path(args.out) / path.name
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +144,7 @@ def main() -> int:
     ap.add_argument("--inplace", action="store_true", help="write executed notebooks back (to commit them)")
     ap.add_argument("--out", default=str(ROOT / "target" / "notebooks"))
     ap.add_argument("--html", help="also export offline HTML reports into this directory")
-    ap.add_argument("--timeout", type=int, default=1800, help="seconds per cell (the cold first cell compiles tch, polars, plotly)")
+    ap.add_argument("--timeout", type=int, default=3000, help="seconds per cell (the cold first cell compiles tch, polars, plotly)")
     args = ap.parse_args()
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
