@@ -61,6 +61,24 @@ def add_svg(nb) -> int:
     return figures
 
 
+def coalesce_streams(nb) -> None:
+    """Merge consecutive stream outputs of the same name (evcxr sends a panic line by line)."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if (
+                merged
+                and out.output_type == "stream"
+                and merged[-1].output_type == "stream"
+                and merged[-1].name == out.name
+            ):
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        if cell.cell_type == "code":
+            cell.outputs = merged
+
+
 def problems(nb) -> list[str]:
     """Every error output, compiler error, panic, or unexecuted code cell, as readable text."""
     found = []
@@ -77,7 +95,9 @@ def problems(nb) -> list[str]:
             elif out.output_type == "stream" and out.get("name") == "stderr":
                 text = out.get("text", "")
                 if COMPILE_ERROR.search(text) or "panicked at" in text:
-                    found.append(f"{head}\n  stderr:\n{plain(text)}")
+                    # the panic message, without the backtrace
+                    text = plain(text).split("stack backtrace:")[0].strip()
+                    found.append(f"{head}\n  stderr:\n{text}")
     return found
 
 
@@ -113,6 +133,7 @@ def run(path: Path, args) -> dict:
     except Exception as exc:  # a cell timeout or a dead kernel: report it like any other failure
         aborted = f"run aborted: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     wall = time.time() - start
+    coalesce_streams(nb)
     figures = add_svg(nb)
     found = problems(nb)
     if aborted:

@@ -50,6 +50,7 @@
 //! `tch::manual_seed(cfg.seed)` first, so the same config gives the same numbers — provided no other
 //! thread draws from libtorch's process-global generator meanwhile (the tests serialise themselves).
 
+use super::SingleThread;
 use crate::error::{Result, RlhfError};
 use crate::reward_model::{kwise_loss, pairwise_accuracy, pairwise_loss};
 use serde::{Deserialize, Serialize};
@@ -57,25 +58,6 @@ use tch::{Device, Kind, Tensor};
 
 const OPTS: (Kind, Device) = (Kind::Double, Device::Cpu);
 const IDX: (Kind, Device) = (Kind::Int64, Device::Cpu);
-
-/// Runs libtorch single-threaded while alive and restores the previous thread count on drop. Every
-/// tensor here is tiny: OpenMP workers only add synchronisation, and on a loaded 2-core machine their
-/// spin-waits made the studies 10–15× slower than one thread. (Same guard as `toy::ppo_loop`.)
-struct SingleThread(i32);
-
-impl SingleThread {
-    fn new() -> Self {
-        let prev = tch::get_num_threads();
-        tch::set_num_threads(1);
-        SingleThread(prev)
-    }
-}
-
-impl Drop for SingleThread {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.0);
-    }
-}
 
 /// Configuration of the synthetic preference world and of the fits.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,3 +10,22 @@ pub mod categorical_dpo;
 pub mod gae_lambda;
 pub mod policy_gradient;
 pub mod ppo_loop;
+
+/// Runs libtorch single-threaded while alive and restores the previous thread count on drop. The
+/// tensors of these problems hold a few dozen numbers: the OpenMP pool only adds synchronisation, and on
+/// a loaded 2-core machine its spin-waits made the studies 10–50× slower than one thread.
+pub(crate) struct SingleThread(i32);
+
+impl SingleThread {
+    pub(crate) fn new() -> Self {
+        let prev = tch::get_num_threads();
+        tch::set_num_threads(1);
+        SingleThread(prev)
+    }
+}
+
+impl Drop for SingleThread {
+    fn drop(&mut self) {
+        tch::set_num_threads(self.0);
+    }
+}

@@ -48,6 +48,7 @@
 //! libtorch's global generator, so a run is reproducible bit for bit even when several runs share a
 //! process (parallel tests). A default run (40 iterations) takes about 3 s of one CPU core.
 
+use super::SingleThread;
 use crate::conventions::Conventions;
 use crate::error::{Result, RlhfError};
 use crate::experience::ppo_experience;
@@ -286,25 +287,6 @@ impl PpoLoopConfig {
         c.value_clip = Some(self.cliprange_value);
         c.approx_kl = KlEstimator::K3;
         Ok(c)
-    }
-}
-
-/// Runs libtorch single-threaded on the calling thread while alive and restores the previous thread
-/// count on drop. The tensors here are tiny: OpenMP workers only add synchronisation, and on a loaded
-/// machine their spin-waits made one iteration 20–50× slower than a single thread.
-struct SingleThread(i32);
-
-impl SingleThread {
-    fn new() -> Self {
-        let prev = tch::get_num_threads();
-        tch::set_num_threads(1);
-        SingleThread(prev)
-    }
-}
-
-impl Drop for SingleThread {
-    fn drop(&mut self) {
-        tch::set_num_threads(self.0);
     }
 }
 
