@@ -26,6 +26,7 @@ test: setup
 	$(CARGO) test --release --all-targets
 	$(CARGO) run --release --quiet -- demo > /dev/null
 	@bash scripts/check-snapshots.sh
+	$(PY) kernel/run_notebooks.py --self-test
 	$(PY) kernel/run_notebooks.py
 
 # Only the notebooks (headless, into target/notebooks; the committed ones are left alone).

@@ -159,6 +159,33 @@ def run(path: Path, args) -> dict:
     }
 
 
+def self_test(args) -> int:
+    """Prove the runner fails on what it claims to: a compile error and a failed assertion cell."""
+    import tempfile
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Rust (rlhf-lab)", "language": "rust"}
+    nb.cells = [
+        nbformat.v4.new_code_cell('let x: u32 = "not a number";'),
+        nbformat.v4.new_code_cell('assert!(1 + 1 == 3, "deliberate assertion failure");'),
+        nbformat.v4.new_code_cell('println!("still running");'),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "self-test.ipynb"
+        nbformat.write(nb, path)
+        args.inplace, args.html, args.out = False, None, tmp
+        r = run(path, args)
+    text = "\n".join(r["problems"])
+    checks = {
+        "compile error reported": "mismatched types" in text,
+        "failed assertion reported": "deliberate assertion failure" in text,
+        "later cells still run": len(r["cells"]) == 3,
+    }
+    for name, ok in checks.items():
+        print(f"self-test: {'ok  ' if ok else 'FAIL'} {name}")
+    return 0 if all(checks.values()) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
@@ -166,7 +193,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "target" / "notebooks"))
     ap.add_argument("--html", help="also export offline HTML reports into this directory")
     ap.add_argument("--timeout", type=int, default=3000, help="seconds per cell (the cold first cell compiles tch, polars, plotly)")
+    ap.add_argument("--self-test", action="store_true", help="check that a broken notebook fails the run")
     args = ap.parse_args()
+    if args.self_test:
+        return self_test(args)
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
 
     results = []
