@@ -36,8 +36,10 @@ test-notebooks: setup
 notebooks: setup
 	$(PY) kernel/run_notebooks.py --inplace --html reports/notebooks
 
+# Jupyter refuses to run as root without --allow-root (containers, CI boxes).
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: setup
-	.venv/bin/jupyter lab notebooks/
+	.venv/bin/jupyter lab $(LAB_ARGS) notebooks/
 
 bench: setup
 	$(CARGO) bench --bench gae
