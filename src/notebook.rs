@@ -4,9 +4,9 @@
 //! rich output, keyed by MIME type: **one rich output per MIME type per cell**, so a cell shows one table
 //! *or* one figure (use [`show_tables`] to put several tables in one output). polars has no HTML repr in
 //! evcxr, so [`show_table`] renders one, with optional highlighted rows and a caption. Figures are emitted
-//! as `application/vnd.plotly.v1+json`, which JupyterLab, Notebook 7 and VS Code render offline; the
-//! notebook runner (`kernel/run_notebooks.py`) adds a static SVG of each figure so the committed notebooks
-//! also read on GitHub and in HTML exports.
+//! as `application/vnd.plotly.v1+json`, which VS Code and the `jupyterlab-plotly` extension render
+//! interactively and offline; the notebook runner (`kernel/run_notebooks.py`) adds a static SVG of each
+//! figure to the same output, which GitHub, HTML exports and frontends without a plotly renderer show.
 //!
 //! The notebooks use the crates through the re-exports here (`rlhf_lab::notebook::{polars, plotly}`),
 //! so their versions always match the library's.
@@ -46,7 +46,7 @@ pub fn show_markdown(md: &str) {
     emit("text/markdown", md);
 }
 
-/// Show a plotly figure: the plotly MIME bundle (interactive, offline) plus a text fallback.
+/// Show a plotly figure: the plotly MIME bundle (interactive where a renderer exists) plus a text fallback.
 pub fn show_plot(plot: &plotly::Plot) {
     emit("application/vnd.plotly.v1+json", &plot.to_json());
     emit("text/plain", "<plotly figure>");
