@@ -217,3 +217,15 @@ pub fn finite_scalar(arg: &str, v: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// An integer count or size must be at least `min` (sample sizes, steps, replicates).
+pub fn at_least(arg: &str, v: i64, min: i64) -> Result<()> {
+    if v < min {
+        return Err(RlhfError::OutOfRange {
+            arg: arg.into(),
+            value: v as f64,
+            range: format!(">= {min}"),
+        });
+    }
+    Ok(())
+}

@@ -51,6 +51,7 @@
 //! thread draws from libtorch's process-global generator meanwhile (the tests serialise themselves).
 
 use super::SingleThread;
+use crate::check;
 use crate::error::{Result, RlhfError};
 use crate::reward_model::{kwise_loss, pairwise_accuracy, pairwise_loss};
 use serde::{Deserialize, Serialize};
@@ -114,17 +115,6 @@ impl Default for BtConfig {
     }
 }
 
-fn at_least(arg: &str, v: i64, min: i64) -> Result<()> {
-    if v < min {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v as f64,
-            range: format!(">= {min}"),
-        });
-    }
-    Ok(())
-}
-
 fn positive_list(arg: &str, v: &[i64]) -> Result<()> {
     if v.is_empty() || v.iter().any(|&n| n < 1) {
         return Err(RlhfError::Invalid {
@@ -138,17 +128,17 @@ fn positive_list(arg: &str, v: &[i64]) -> Result<()> {
 impl BtConfig {
     /// Check every field; a typed error names the first bad one.
     pub fn validate(&self) -> Result<()> {
-        at_least("dim", self.dim, 1)?;
-        at_least("n_train_items", self.n_train_items, 2)?;
-        at_least("n_test_items", self.n_test_items, 2)?;
+        check::at_least("dim", self.dim, 1)?;
+        check::at_least("n_train_items", self.n_train_items, 2)?;
+        check::at_least("n_test_items", self.n_test_items, 2)?;
         crate::check::positive("utility_scale", self.utility_scale)?;
-        at_least("n_test_pairs", self.n_test_pairs, 1)?;
+        check::at_least("n_test_pairs", self.n_test_pairs, 1)?;
         crate::check::non_negative("l2", self.l2)?;
         crate::check::finite_scalar("bias_init", self.bias_init)?;
-        at_least("max_newton_steps", self.max_newton_steps, 1)?;
+        check::at_least("max_newton_steps", self.max_newton_steps, 1)?;
         positive_list("n_pairs", &self.n_pairs)?;
-        at_least("replicates", self.replicates, 1)?;
-        at_least("k", self.k, 2)?;
+        check::at_least("replicates", self.replicates, 1)?;
+        check::at_least("k", self.k, 2)?;
         if self.k > self.n_train_items {
             return Err(RlhfError::Invalid {
                 arg: "k".into(),
@@ -159,7 +149,7 @@ impl BtConfig {
             });
         }
         positive_list("n_prompts", &self.n_prompts)?;
-        at_least("mc_rankings", self.mc_rankings, 1)?;
+        check::at_least("mc_rankings", self.mc_rankings, 1)?;
         Ok(())
     }
 }
@@ -541,7 +531,7 @@ pub struct BtPoint {
 /// `P(i ≻ j)` and the pairwise loss on a grid of `points` values of `Δu` in `[−delta_max, delta_max]`.
 pub fn bt_curve(delta_max: f64, points: i64) -> Result<Vec<BtPoint>> {
     crate::check::positive("delta_max", delta_max)?;
-    at_least("points", points, 2)?;
+    check::at_least("points", points, 2)?;
     let _threads = SingleThread::new();
     let delta = Tensor::linspace(-delta_max, delta_max, points, OPTS);
     let zero = delta.zeros_like();
@@ -595,7 +585,7 @@ pub struct Recovery {
 /// Fit the head on `n_pairs` BT-labelled training pairs and compare with the truth on held-out items.
 pub fn recovery(cfg: &BtConfig, n_pairs: i64) -> Result<Recovery> {
     cfg.validate()?;
-    at_least("n_pairs", n_pairs, 1)?;
+    check::at_least("n_pairs", n_pairs, 1)?;
     let _threads = SingleThread::new();
     tch::manual_seed(cfg.seed);
     let world = World::new(cfg);
@@ -730,8 +720,8 @@ pub struct KwiseCheck {
 /// every prompt contributes exactly C(K, 2) pairs, so "mean over prompts of the per-prompt mean" is
 /// "mean over all pairs".
 pub fn kwise_check(n_prompts: i64, k: i64, seed: i64) -> Result<KwiseCheck> {
-    at_least("n_prompts", n_prompts, 1)?;
-    at_least("k", k, 2)?;
+    check::at_least("n_prompts", n_prompts, 1)?;
+    check::at_least("k", k, 2)?;
     let _threads = SingleThread::new();
     tch::manual_seed(seed);
     let rewards = (Tensor::randn([n_prompts, k], OPTS) * 2.0).set_requires_grad(true);
@@ -794,7 +784,7 @@ pub struct RankingCost {
 pub fn ranking_costs(ks: &[i64]) -> Result<Vec<RankingCost>> {
     ks.iter()
         .map(|&k| {
-            at_least("k", k, 2)?;
+            check::at_least("k", k, 2)?;
             let c = k * (k - 1) / 2;
             Ok(RankingCost {
                 k,
@@ -959,7 +949,7 @@ pub fn shift_invariance(
     center_coef: f64,
 ) -> Result<Vec<ShiftRow>> {
     cfg.validate()?;
-    at_least("n_pairs", n_pairs, 1)?;
+    check::at_least("n_pairs", n_pairs, 1)?;
     crate::check::positive("center_coef", center_coef)?;
     if biases.is_empty() || biases.iter().any(|b| !b.is_finite()) {
         return Err(RlhfError::Invalid {

@@ -166,10 +166,7 @@ fn invalid(arg: &str, reason: impl Into<String>) -> RlhfError {
 }
 
 fn at_least(arg: &str, v: usize, min: usize) -> Result<()> {
-    if v < min {
-        return Err(out_of_range(arg, v as f64, &format!(">= {min}")));
-    }
-    Ok(())
+    check::at_least(arg, v as i64, min as i64)
 }
 
 fn positive_list(arg: &str, xs: &[f64]) -> Result<()> {

@@ -43,6 +43,7 @@
 //! [`crate::ppo::policy_loss`], the value loss from [`crate::ppo::value_loss`].
 
 use crate::advantages::{discounted_returns, rloo_advantages, MaskedSteps};
+use crate::check;
 use crate::error::{Result, RlhfError};
 use crate::kl::KlEstimator;
 use crate::logprobs::token_log_probs;
@@ -72,27 +73,6 @@ fn count_in(arg: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
             v as f64,
             &format!("an integer in [{lo}, {hi}]"),
         ));
-    }
-    Ok(())
-}
-
-fn finite(arg: &str, v: f64) -> Result<()> {
-    if !v.is_finite() {
-        return Err(out_of_range(arg, v, "finite"));
-    }
-    Ok(())
-}
-
-fn non_negative(arg: &str, v: f64) -> Result<()> {
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(out_of_range(arg, v, "finite and >= 0"));
-    }
-    Ok(())
-}
-
-fn positive(arg: &str, v: f64) -> Result<()> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(out_of_range(arg, v, "finite and > 0"));
     }
     Ok(())
 }
@@ -166,10 +146,10 @@ impl ProblemConfig {
     fn validate(&self) -> Result<()> {
         count_in("horizon", self.horizon, 1, 32)?;
         count_in("n_actions", self.n_actions, 2, 32)?;
-        finite("reward_mean", self.reward_mean)?;
-        non_negative("reward_spread", self.reward_spread)?;
-        non_negative("reward_noise", self.reward_noise)?;
-        non_negative("logit_scale", self.logit_scale)?;
+        check::finite_scalar("reward_mean", self.reward_mean)?;
+        check::non_negative("reward_spread", self.reward_spread)?;
+        check::non_negative("reward_noise", self.reward_noise)?;
+        check::non_negative("logit_scale", self.logit_scale)?;
         Ok(())
     }
 }
@@ -218,7 +198,7 @@ impl TabularProblem {
                 });
             }
         }
-        non_negative("reward_noise", reward_noise)?;
+        check::non_negative("reward_noise", reward_noise)?;
         let th = from_rows(&theta);
         let mu_t = from_rows(&mu);
         let pi = th.softmax(-1, Kind::Double);
@@ -860,9 +840,9 @@ pub fn importance_sampling_study(cfg: &IsConfig) -> Result<Vec<IsRow>> {
         });
     }
     for &a in &cfg.alphas {
-        non_negative("alphas", a)?;
+        check::non_negative("alphas", a)?;
     }
-    non_negative("direction_scale", cfg.direction_scale)?;
+    check::non_negative("direction_scale", cfg.direction_scale)?;
     count_in("n_episodes", cfg.n_episodes, 2, 1 << 18)?;
     let problem = build_problem(&cfg.problem)?;
     tch::manual_seed(cfg.seed);
@@ -1011,8 +991,8 @@ impl ClipConfig {
                 return Err(out_of_range("dual_clip", c, "finite and > 1"));
             }
         }
-        positive("ratio_min", self.ratio_min)?;
-        finite("ratio_max", self.ratio_max)?;
+        check::positive("ratio_min", self.ratio_min)?;
+        check::finite_scalar("ratio_max", self.ratio_max)?;
         if self.ratio_max <= self.ratio_min {
             return Err(out_of_range(
                 "ratio_max",
@@ -1021,8 +1001,8 @@ impl ClipConfig {
             ));
         }
         count_in("n_ratios", self.n_ratios, 2, 100_000)?;
-        positive("advantage", self.advantage)?;
-        positive("advantage_max", self.advantage_max)?;
+        check::positive("advantage", self.advantage)?;
+        check::positive("advantage_max", self.advantage_max)?;
         count_in("n_advantages", self.n_advantages, 2, 10_000)?;
         Ok(())
     }
@@ -1187,11 +1167,11 @@ pub struct ValueClipCurve {
 /// Clipped value loss (seed 003 `vf_losses2 = (vpredclipped − returns)²`, `max(vf_losses1, vf_losses2)`;
 /// TRL / OpenRLHF / verl) along V for fixed V_old and R, from [`crate::ppo::value_loss`].
 pub fn value_clip_curve(cfg: &ValueClipConfig) -> Result<ValueClipCurve> {
-    finite("old_value", cfg.old_value)?;
-    finite("ret", cfg.ret)?;
-    positive("clip", cfg.clip)?;
-    finite("value_min", cfg.value_min)?;
-    finite("value_max", cfg.value_max)?;
+    check::finite_scalar("old_value", cfg.old_value)?;
+    check::finite_scalar("ret", cfg.ret)?;
+    check::positive("clip", cfg.clip)?;
+    check::finite_scalar("value_min", cfg.value_min)?;
+    check::finite_scalar("value_max", cfg.value_max)?;
     if cfg.value_max <= cfg.value_min {
         return Err(out_of_range(
             "value_max",
