@@ -17,6 +17,7 @@ PY := .venv/bin/python
 
 setup:
 	@bash scripts/setup.sh
+	@$(PY) datasets/fetch.py
 	@bash kernel/install.sh
 
 demo: setup

@@ -10,8 +10,22 @@ PYTHON="${PYTHON:-python3}"
 VENV=".venv"
 STAMP="$VENV/.rlhf-lab-torch-$TORCH_VERSION"
 
+# Python packages the tests use as references (HF transformers for GPT-2 logits parity, gguf for reading
+# SmolLM2 in transformers). Pinned; installed once (stamp keyed by the pin list).
+PY_PINS="transformers==4.57.6"
+PINS_STAMP="$VENV/.rlhf-lab-pins-$(echo "$PY_PINS" | sha256sum | cut -c1-12)"
+
+install_pins() {
+  if [ ! -f "$PINS_STAMP" ]; then
+    echo "setup: pip install $PY_PINS"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $PY_PINS
+    touch "$PINS_STAMP"
+  fi
+}
+
 if [ -f "$STAMP" ] && [ -e "$VENV/libtorch/lib/libtorch_cpu.so" ]; then
   echo "setup: torch $TORCH_VERSION already installed in $VENV (delete $STAMP to force)"
+  install_pins
   exit 0
 fi
 
@@ -32,4 +46,5 @@ if [ "$got" != "$TORCH_VERSION" ]; then
 fi
 ln -sfn "$site" "$VENV/libtorch"
 touch "$STAMP"
+install_pins
 echo "setup: torch $got at $site ($(( $(date +%s) - start )) s, $(du -sh "$VENV" | cut -f1) in $VENV)"

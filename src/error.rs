@@ -54,6 +54,31 @@ pub enum RlhfError {
     /// An error reported by libtorch (should not happen on validated input; kept typed, never a panic).
     #[error("libtorch: {0}")]
     Torch(String),
+
+    /// A file could not be read or written (missing data, permissions, disk full).
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+
+    /// A file exists but its content is not what it should be (corrupt checkpoint, malformed CSV/JSONL/GGUF,
+    /// truncated safetensors). `what` names the format.
+    #[error("{path}: not a valid {what}: {reason}")]
+    Format {
+        path: String,
+        what: String,
+        reason: String,
+    },
+
+    /// A downloaded or cached file does not have the pinned SHA-256.
+    #[error("{path}: checksum mismatch: expected sha256 {expected}, got {got}")]
+    Checksum {
+        path: String,
+        expected: String,
+        got: String,
+    },
+
+    /// A run configuration (TOML) is invalid: unknown field, wrong type, value out of range.
+    #[error("config {source_name}: {reason}")]
+    Config { source_name: String, reason: String },
 }
 
 impl From<tch::TchError> for RlhfError {
@@ -74,6 +99,10 @@ impl RlhfError {
             RlhfError::OutOfRange { .. } => "out_of_range",
             RlhfError::Invalid { .. } => "invalid_argument",
             RlhfError::Torch(_) => "torch",
+            RlhfError::Io { .. } => "io",
+            RlhfError::Format { .. } => "format",
+            RlhfError::Checksum { .. } => "checksum",
+            RlhfError::Config { .. } => "config",
         }
     }
 
@@ -87,7 +116,44 @@ impl RlhfError {
             | RlhfError::EmptyRows { arg, .. }
             | RlhfError::OutOfRange { arg, .. }
             | RlhfError::Invalid { arg, .. } => Some(arg),
-            RlhfError::Torch(_) => None,
+            RlhfError::Torch(_)
+            | RlhfError::Io { .. }
+            | RlhfError::Format { .. }
+            | RlhfError::Checksum { .. }
+            | RlhfError::Config { .. } => None,
+        }
+    }
+}
+
+impl RlhfError {
+    /// An [`RlhfError::Io`] for `path`, keeping the OS reason (`No such file or directory`, …).
+    pub fn io(path: impl AsRef<std::path::Path>, e: impl std::fmt::Display) -> Self {
+        RlhfError::Io {
+            path: path.as_ref().display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// An [`RlhfError::Format`]: `path` is not a valid `what`.
+    pub fn format(
+        path: impl AsRef<std::path::Path>,
+        what: &str,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        RlhfError::Format {
+            path: path.as_ref().display().to_string(),
+            what: what.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<polars::error::PolarsError> for RlhfError {
+    fn from(e: polars::error::PolarsError) -> Self {
+        RlhfError::Format {
+            path: String::new(),
+            what: "table".into(),
+            reason: e.to_string(),
         }
     }
 }

@@ -18,6 +18,13 @@ pub mod rewards;
 
 pub use error::{Result, RlhfError};
 pub mod calc;
+pub mod data;
+pub mod generate;
+pub mod io;
+pub mod model;
+pub mod reward;
+pub mod tokenizer;
+pub mod train;
 pub mod conventions;
 pub mod dpo;
 pub mod experience;

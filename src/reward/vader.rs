@@ -1,0 +1,1 @@
+//! VADER sentiment (stub).
