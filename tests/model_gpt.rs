@@ -541,7 +541,7 @@ fn bad_inputs_are_errors_not_panics() {
     ));
     let mut cache = KvCache::new(2);
     let t20 = Tensor::ones([1, 20], (Kind::Int64, Device::Cpu));
-    tch::no_grad(|| {
+    let _ = tch::no_grad(|| {
         gpt.forward(
             &t20,
             &ones(1, 20),

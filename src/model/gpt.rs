@@ -856,9 +856,10 @@ impl Gpt {
 
     /// Scalar rewards `(B,)`: `score_head` (Linear C → 1) applied to the hidden state of the **last
     /// real token** of each row, i.e. the largest `t` with `attention_mask[b, t] = 1`. This is where
-    /// a reward model reads its score (document 003): DeepSpeed-Chat `RewardModel.forward` takes the
-    /// value at the last token before padding, TRL `get_reward` at `first_true_indices(pad) − 1`, HF
-    /// `GPT2ForSequenceClassification` at the last non-pad token. Using the mask rather than the pad
+    /// a reward model reads its score (seed document 003, "PPO 涉及的模型": the reward model scores
+    /// the whole sequence at its last token, reward = −0.2·KL + score there). DeepSpeed-Chat
+    /// `RewardModel.forward` takes the value at the last token before padding, TRL `get_reward` at
+    /// `first_true_indices(pad) − 1`, HF `GPT2ForSequenceClassification` at the last non-pad token. Using the mask rather than the pad
     /// id makes it correct for left *and* right padding and when the pad id equals EOS.
     /// `hidden` `(B, T, C)`, `attention_mask` `(B, T)` 0/1 with at least one 1 per row.
     pub fn scores(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
