@@ -18,20 +18,20 @@ pub mod rewards;
 
 pub use error::{Result, RlhfError};
 pub mod calc;
-pub mod conventions;
 pub mod data;
-pub mod dpo;
-pub mod experience;
 pub mod generate;
 pub mod io;
-pub mod json;
 pub mod model;
+pub mod reward;
+pub mod tokenizer;
+pub mod train;
+pub mod conventions;
+pub mod dpo;
+pub mod experience;
+pub mod json;
 #[cfg(feature = "notebook")]
 pub mod notebook;
 pub mod ppo;
-pub mod reward;
 pub mod reward_model;
-pub mod tokenizer;
 pub mod toy;
-pub mod train;
 pub mod worked_example;
