@@ -531,8 +531,8 @@ impl GgufFile {
         // Bounds were checked when the file was parsed.
         let start = (self.data_offset + info.offset) as usize;
         let raw = &self.bytes[start..start + n_bytes as usize];
-        let values =
-            dequantize(info.ggml_type, raw, info.n_elements() as usize).map_err(fmt_err)?;
+        let values = dequantize(info.ggml_type, raw, info.n_elements() as usize)
+            .map_err(|e| fmt_err(e.to_string()))?;
         Ok(Tensor::from_slice(&values)
             .f_view(info.shape().as_slice())?
             .to_device(device))
@@ -546,18 +546,22 @@ fn f16(b: &[u8]) -> f32 {
 /// Decodes `n` values of type `ty` from `raw` (exactly the bytes of those values), as
 /// `dequantize_row_*` of `ggml-quants.c` (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0), `ggml_fp16_to_fp32` (F16) and
 /// `ggml_bf16_to_fp32` (BF16). Within a 32-value block the low nibbles give values `0..16` and the high
-/// nibbles values `16..32`. Errors (as a reason string) on an unsupported type or a size mismatch.
-pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> std::result::Result<Vec<f32>, String> {
-    let (blk, size) = ty
-        .block_layout()
-        .ok_or_else(|| format!("unsupported ggml type {ty:?}"))?;
+/// nibbles values `16..32`. [`RlhfError::Invalid`] on an unsupported type or a size mismatch.
+pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>> {
+    let (blk, size) = ty.block_layout().ok_or_else(|| RlhfError::Invalid {
+        arg: "ty".into(),
+        reason: format!("unsupported ggml type {ty:?}"),
+    })?;
     let (blk, size) = (blk as usize, size as usize);
     if n % blk != 0 || raw.len() != n / blk * size {
-        return Err(format!(
-            "{n} values of {ty:?} need {} bytes in blocks of {blk}, got {}",
-            n / blk * size,
-            raw.len()
-        ));
+        return Err(RlhfError::Invalid {
+            arg: "raw".into(),
+            reason: format!(
+                "{n} values of {ty:?} need {} bytes in blocks of {blk}, got {}",
+                n / blk * size,
+                raw.len()
+            ),
+        });
     }
     let mut out = Vec::with_capacity(n);
     match ty {
@@ -749,17 +753,18 @@ pub fn tokenizer(file: &GgufFile) -> Result<crate::tokenizer::Tokenizer> {
         .get("tokenizer.ggml.pre")
         .and_then(MetaValue::as_str)
         .unwrap_or("default");
-    let digits =
-        match pre {
-            "smollm" | "starcoder" | "refact" => true,
-            "gpt2" | "default" => false,
-            other => return Err(file.meta_err(
+    let digits = match pre {
+        "smollm" | "starcoder" | "refact" => true,
+        "gpt2" | "default" => false,
+        other => {
+            return Err(file.meta_err(
                 "tokenizer.ggml.pre",
                 format!(
                     "pre-tokenizer {other:?} is not supported (smollm, starcoder, gpt2, default)"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let strings = |key: &str| -> Result<Vec<String>> {
         file.get_array(key)?
             .iter()
@@ -937,6 +942,21 @@ mod tests {
         b.extend([0xFFu8; 16]);
         let y = dequantize(GgmlType::Q5_1, &b, 32).unwrap();
         assert_eq!((y[0], y[1], y[16], y[17]), (31.5, 15.5, 31.5, 15.5));
+    }
+
+    #[test]
+    fn dequantize_f16_bf16_f32() {
+        let mut b = Vec::new();
+        b.extend(h(1.5));
+        b.extend(h(-0.25));
+        assert_eq!(dequantize(GgmlType::F16, &b, 2).unwrap(), [1.5, -0.25]);
+        let b: Vec<u8> = [1.0f32, -2.0]
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect();
+        assert_eq!(dequantize(GgmlType::BF16, &b, 2).unwrap(), [1.0, -2.0]);
+        let b: Vec<u8> = [3.25f32].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(dequantize(GgmlType::F32, &b, 1).unwrap(), [3.25]);
     }
 
     #[test]
