@@ -44,9 +44,9 @@
 //!
 //! Everything is f64 on the CPU and single-threaded: the public methods set libtorch's intra-op thread
 //! count of the calling thread to 1 and restore it on return. All randomness (weight initialisation,
-//! sampling, minibatch shuffling) comes from a SplitMix64 generator ([`crate::rng::SplitMix64`]) seeded with `seed`, not from
-//! libtorch's global generator, so a run is reproducible bit for bit even when several runs share a
-//! process (parallel tests). A default run (40 iterations) takes about 3 s of one CPU core.
+//! sampling, minibatch shuffling) comes from a SplitMix64 generator ([`crate::rng::SplitMix64`]) seeded
+//! with `seed`, not from libtorch's global generator, so a run is reproducible bit for bit even when
+//! several runs share a process (parallel tests). A default run (40 iterations) takes about 3 s of one CPU core.
 
 use super::SingleThread;
 use crate::conventions::Conventions;
