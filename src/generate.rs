@@ -13,6 +13,8 @@
 //!    column is 0). The batch stops when every row has stopped or after `max_new_tokens` steps.
 //!
 //! # Logit processing (order of HF `GenerationMixin._get_logits_processor`, which TRL's samplers use)
+//! repetition penalty (HF `RepetitionPenaltyLogitsProcessor`, Keskar et al. 2019 "CTRL" §4.1: the logit
+//! `z` of every token already present is replaced by `z / θ` if `z > 0`, `z · θ` otherwise) →
 //! `min_new_tokens` (HF `MinNewTokensLengthLogitsProcessor`: EOS logit → −∞ while fewer than
 //! `min_new_tokens` tokens are generated) → temperature (HF `TemperatureLogitsWarper`, `z / T`) → top-k
 //! (HF `TopKLogitsWarper`) → top-p (HF `TopPLogitsWarper`); see [`filter_logits`]. `temperature = 0`
@@ -23,12 +25,12 @@
 //! of a batch uses stream `SplitMix64::stream(seed, r)`, one uniform per generated token, and samples by
 //! inverse CDF from the f64 probabilities copied to the CPU. Hence the same seed gives the same tokens
 //! whatever else uses torch's RNG, and a row's draws do not depend on the other rows of the batch
-//! (its tokens can still differ in the last bits of the logits if the padded width changes). tch 0.24
+//! (its tokens can still change if the padded width changes the last bits of the model's logits). tch 0.24
 //! exposes no seedable `torch.Generator` for `multinomial`, and a CPU inverse CDF is device-independent.
 //!
 //! # Log-probabilities
 //! [`Generation::logprobs`] are log-probs of the sampled tokens under the **sampling** distribution
-//! (after min-new-tokens, temperature, top-k and top-p; 0 for greedy decoding, a point mass).
+//! (after repetition penalty, min-new-tokens, temperature, top-k and top-p; 0 for greedy decoding, a point mass).
 //! [`Generation::logprobs_raw`] are log-probs under the plain model distribution (temperature 1, no
 //! filtering) — what a training forward pass with [`crate::logprobs::token_log_probs`] over
 //! [`Generation::sequences`] recomputes. PPO stacks recompute the old log-probs by such a forward pass
@@ -67,6 +69,11 @@ pub struct GenerationConfig {
     /// this many tokens (HF `min_new_tokens`). Must be ≤ `max_new_tokens`. Default 0.
     #[serde(default)]
     pub min_new_tokens: usize,
+    /// Repetition penalty `θ > 0` on tokens already present in the row (HF `repetition_penalty`);
+    /// 1 = off (the default). Unlike HF, which penalises every id of `input_ids` including left pads,
+    /// only attended tokens count: the real prompt tokens and the tokens generated so far.
+    #[serde(default = "default_one")]
+    pub repetition_penalty: f64,
     /// Softmax temperature `T ≥ 0` (logits are divided by `T`); `0` means greedy decoding. Default 1.
     #[serde(default = "default_one")]
     pub temperature: f64,
@@ -97,6 +104,7 @@ impl GenerationConfig {
         GenerationConfig {
             max_new_tokens,
             min_new_tokens: 0,
+            repetition_penalty: 1.0,
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
@@ -124,6 +132,7 @@ impl GenerationConfig {
             });
         }
         validate_warpers(self.temperature, self.top_p)?;
+        check::positive("repetition_penalty", self.repetition_penalty)?;
         check::at_least("eos_id", self.eos_id, 0)?;
         check::at_least("pad_id", self.pad_id, 0)?;
         if self.pad_id == self.eos_id {
@@ -243,6 +252,15 @@ pub fn filter_logits(
     Ok(z)
 }
 
+/// HF `RepetitionPenaltyLogitsProcessor` (Keskar et al. 2019, §4.1): where `seen` `(B, V)` bool is
+/// true, `z < 0` becomes `z · θ` and `z ≥ 0` becomes `z / θ` (so `θ > 1` never raises a logit);
+/// other entries are unchanged. `z` `(B, V)` float.
+fn repetition_penalty(z: &Tensor, seen: &Tensor, theta: f64) -> Tensor {
+    // torch.where(z < 0, z·θ, z / θ)
+    let penalized = (z * theta).where_self(&z.lt(0.0), &(z / theta));
+    penalized.where_self(seen, z)
+}
+
 /// The outcome of [`generate`] for `B` prompts; `P` is the longest prompt, `N` the number of decoding
 /// steps run (the longest response, ≤ `max_new_tokens`). Every tensor lives on the model's device;
 /// masks are int64 0/1. A training forward pass over [`Self::sequences`] with [`Self::attention_mask`]
@@ -259,8 +277,8 @@ pub struct Generation {
     /// `(B, N)` 1 on generated tokens up to and including the EOS, 0 on the padding after it. This, not
     /// `response_ids != pad_id`, says which tokens are real (a model may sample `pad_id`).
     pub response_mask: Tensor,
-    /// `(B, N)` f32 log-prob of each sampled token under the sampling distribution (after
-    /// min-new-tokens, temperature, top-k, top-p; 0 for greedy); exactly 0 where the mask is 0.
+    /// `(B, N)` f32 log-prob of each sampled token under the sampling distribution (after the
+    /// repetition penalty, min-new-tokens, temperature, top-k, top-p; 0 for greedy); exactly 0 where the mask is 0.
     pub logprobs: Tensor,
     /// `(B, N)` f32 log-prob of each sampled token under the plain model distribution (temperature 1,
     /// no filtering), as [`crate::logprobs::token_log_probs`] would compute it; 0 where masked.
@@ -432,6 +450,17 @@ fn generate_checked<M: CausalLm + ?Sized>(
     let mut active = vec![true; b];
     let mut lengths = vec![0i64; b];
     let mut eos_hit = vec![false; b];
+    // (B, V) occurrences of each id among the attended tokens, for the repetition penalty.
+    let penalize = cfg.repetition_penalty != 1.0;
+    let mut seen = if penalize {
+        Tensor::zeros([bi, v], (Kind::Int64, device)).scatter_add(
+            1,
+            &padded.input_ids,
+            &padded.attention_mask,
+        )
+    } else {
+        Tensor::zeros([0], (Kind::Int64, device))
+    };
 
     for step in 0..cfg.max_new_tokens {
         let live: Vec<i64> = active.iter().map(|&a| a as i64).collect();
@@ -441,6 +470,11 @@ fn generate_checked<M: CausalLm + ?Sized>(
         // Rows that already stopped get neutral logits: their output is never read, and whatever the
         // model computed for their pad inputs must not trip the checks below.
         let z = step_logits.where_self(&live_b, &step_logits.zeros_like()); // (B, V)
+        let z = if penalize {
+            repetition_penalty(&z, &seen.gt(0), cfg.repetition_penalty)
+        } else {
+            z
+        };
         let z = if step < cfg.min_new_tokens {
             let eos = Tensor::from_slice(&[cfg.eos_id]).to_device(device);
             z.index_fill(1, &eos, f64::NEG_INFINITY)
@@ -497,6 +531,9 @@ fn generate_checked<M: CausalLm + ?Sized>(
             })?
             .to_kind(Kind::Float); // (B, 1)
 
+        if penalize {
+            seen = seen.scatter_add(1, &next_t, &live_t);
+        }
         ids_cols.push(next_t.shallow_clone());
         mask_cols.push(live_t.shallow_clone());
         lp_cols.push(lp);

@@ -890,3 +890,77 @@ fn gpt_left_padding_does_not_change_a_rows_generation() {
         .double_value(&[]);
     assert!(d < 1e-5, "{d}");
 }
+
+/// Timing, not a check: `cargo test --release --test generate -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_cache_versus_full_recompute() {
+    use rlhf_lab::model::gpt::{Gpt, GptConfig};
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(&vs.root(), GptConfig::new(512, 256, 128, 4, 4)).unwrap();
+    let prompts: Vec<Vec<i64>> = (0..8)
+        .map(|r| (0..16 + r).map(|i| 1 + (i * 7 + r) % 500).collect())
+        .collect();
+    tch::set_num_threads(1);
+    for use_cache in [true, false] {
+        let mut c = GenerationConfig::new(128, 0, 511);
+        c.min_new_tokens = 128;
+        c.use_cache = use_cache;
+        let t0 = std::time::Instant::now();
+        let g = generate(&gpt, &prompts, &c).unwrap();
+        let dt = t0.elapsed().as_secs_f64();
+        let n = g.response_width();
+        println!(
+            "use_cache={use_cache}: B=8, P≈{}, N={n}: {:.3} s, {:.1} ms/step, {:.0} tokens/s",
+            g.prompt_width(),
+            dt,
+            1e3 * dt / n as f64,
+            8.0 * n as f64 / dt
+        );
+    }
+}
+
+#[test]
+fn repetition_penalty_follows_hf_on_the_greedy_chain() {
+    let m = model();
+    let theta = 1.8;
+    let prompts = vec![vec![1i64, 2, 1], vec![3i64]];
+    let mut c = cfg(8);
+    c.temperature = 0.0;
+    c.repetition_penalty = theta;
+    let g = generate(&m, &prompts, &c).unwrap();
+    let resp = g.responses().unwrap();
+    let mut c_off = c.clone();
+    c_off.repetition_penalty = 1.0;
+    let plain = generate(&m, &prompts, &c_off).unwrap().responses().unwrap();
+    assert_ne!(resp, plain, "the penalty should change this greedy chain");
+    for (r, prompt) in prompts.iter().enumerate() {
+        let mut ctx = prompt.clone();
+        let mut want = vec![];
+        for _ in 0..8 {
+            let z: Vec<f64> = m
+                .next_logits(&ctx)
+                .iter()
+                .enumerate()
+                .map(|(v, &z)| match ctx.contains(&(v as i64)) {
+                    true if z < 0.0 => z * theta,
+                    true => z / theta,
+                    false => z,
+                })
+                .collect();
+            let best = (0..V as usize)
+                .max_by(|&a, &b| z[a].partial_cmp(&z[b]).unwrap().then(b.cmp(&a)))
+                .unwrap() as i64;
+            want.push(best);
+            ctx.push(best);
+            if best == EOS {
+                break;
+            }
+        }
+        assert_eq!(resp[r], want, "row {r}");
+    }
+    let mut bad = cfg(3);
+    bad.repetition_penalty = 0.0;
+    assert!(matches!(bad.validate(), Err(RlhfError::OutOfRange { .. })));
+}
