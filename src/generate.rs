@@ -14,7 +14,7 @@
 //!
 //! # Logit processing (order of HF `GenerationMixin._get_logits_processor`, which TRL's samplers use)
 //! repetition penalty (HF `RepetitionPenaltyLogitsProcessor`, Keskar et al. 2019 "CTRL" §4.1: the logit
-//! `z` of every token already present is replaced by `z / θ` if `z > 0`, `z · θ` otherwise) →
+//! `z` of every token already present is replaced by `z · θ` if `z < 0`, `z / θ` otherwise) →
 //! `min_new_tokens` (HF `MinNewTokensLengthLogitsProcessor`: EOS logit → −∞ while fewer than
 //! `min_new_tokens` tokens are generated) → temperature (HF `TemperatureLogitsWarper`, `z / T`) → top-k
 //! (HF `TopKLogitsWarper`) → top-p (HF `TopPLogitsWarper`); see [`filter_logits`]. `temperature = 0`
@@ -25,12 +25,14 @@
 //! of a batch uses stream `SplitMix64::stream(seed, r)`, one uniform per generated token, and samples by
 //! inverse CDF from the f64 probabilities copied to the CPU. Hence the same seed gives the same tokens
 //! whatever else uses torch's RNG, and a row's draws do not depend on the other rows of the batch
-//! (its tokens can still change if the padded width changes the last bits of the model's logits). tch 0.24
-//! exposes no seedable `torch.Generator` for `multinomial`, and a CPU inverse CDF is device-independent.
+//! (its tokens can still change if the padded width changes the last bits of the model's logits).
+//! tch 0.24 exposes no seedable `torch.Generator` for `multinomial`, and a CPU inverse CDF is
+//! device-independent. The price is one `(B, V)` f64 device-to-host copy per step.
 //!
 //! # Log-probabilities
 //! [`Generation::logprobs`] are log-probs of the sampled tokens under the **sampling** distribution
-//! (after repetition penalty, min-new-tokens, temperature, top-k and top-p; 0 for greedy decoding, a point mass).
+//! (after repetition penalty, min-new-tokens, temperature, top-k and top-p; 0 for greedy decoding,
+//! a point mass).
 //! [`Generation::logprobs_raw`] are log-probs under the plain model distribution (temperature 1, no
 //! filtering) — what a training forward pass with [`crate::logprobs::token_log_probs`] over
 //! [`Generation::sequences`] recomputes. PPO stacks recompute the old log-probs by such a forward pass
