@@ -18,7 +18,7 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// SplitMix64: a 64-bit state advanced by a fixed odd increment and scrambled by [`mix64`].
+/// SplitMix64: a 64-bit state advanced by a fixed odd increment and scrambled by `mix64`.
 /// Period 2^64; passes BigCrush. Not cryptographic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitMix64 {
