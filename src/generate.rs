@@ -9,8 +9,9 @@
 //!    `(B, P + t + 1)` covering the cached positions, and position id `cumsum(mask) − 1` (so a
 //!    left-padded row continues at its own length, not at the padded width).
 //! 4. A row stops after it samples `eos_id` (the EOS is part of the response: mask 1, with a log-prob);
-//!    from then on it emits `pad_id` with mask 0, and those pads are never attended (their attention-mask
-//!    column is 0). The batch stops when every row has stopped or after `max_new_tokens` steps.
+//!    from then on its response is `pad_id` with mask 0 and log-prob 0, and the row is dropped from the
+//!    model's inputs and from the cache ([`KvCache::select_rows`]), so later steps cost only the rows
+//!    still generating. The batch stops when every row has stopped or after `max_new_tokens` steps.
 //!
 //! # Logit processing (order of HF `GenerationMixin._get_logits_processor`, which TRL's samplers use)
 //! repetition penalty (HF `RepetitionPenaltyLogitsProcessor`, Keskar et al. 2019 "CTRL" §4.1: the logit
@@ -46,7 +47,6 @@
 use crate::check;
 use crate::error::{Result, RlhfError};
 use crate::logprobs::token_log_probs;
-use crate::masked::zero_masked;
 use crate::model::{left_pad, position_ids_from_mask, CausalLm, KvCache};
 use crate::rng::SplitMix64;
 use crate::tokenizer::Tokenizer;
@@ -442,14 +442,17 @@ fn generate_checked<M: CausalLm + ?Sized>(
     )?;
     let mut step_logits = last_logits(&prefill, bi, p, v)?;
 
-    // Growing (B, P + t) ids and mask; per-step (B, 1) columns of the outputs.
+    // The model is fed only the rows still generating ("live"): `rows[i]` is the batch row of fed row
+    // `i`, and finished rows are dropped from the inputs and the cache ([`KvCache::select_rows`]).
+    // `seq_ids` / `seq_mask` `(B_live, P + t)` are the live rows' ids and mask so far; the outputs are
+    // kept as full-batch `(B, 1)` columns, one per step.
+    let mut rows: Vec<usize> = (0..b).collect();
     let mut seq_ids = padded.input_ids.shallow_clone();
     let mut seq_mask = padded.attention_mask.shallow_clone();
     let mut ids_cols: Vec<Tensor> = Vec::new();
     let mut mask_cols: Vec<Tensor> = Vec::new();
     let mut lp_cols: Vec<Tensor> = Vec::new();
     let mut raw_cols: Vec<Tensor> = Vec::new();
-    let mut active = vec![true; b];
     let mut lengths = vec![0i64; b];
     let mut eos_hit = vec![false; b];
     // (B, V) occurrences of each id among the attended tokens, for the repetition penalty.
@@ -465,36 +468,25 @@ fn generate_checked<M: CausalLm + ?Sized>(
     };
 
     for step in 0..cfg.max_new_tokens {
-        let live: Vec<i64> = active.iter().map(|&a| a as i64).collect();
-        let live_t = Tensor::from_slice(&live).view([bi, 1]).to_device(device); // (B, 1)
-        let live_b = live_t.ne(0); // (B, 1) bool
+        let n_live = rows.len() as i64;
+        let rows_i64: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let rows_t = Tensor::from_slice(&rows_i64).to_device(device); // (B_live,)
 
-        // Rows that already stopped get neutral logits: their output is never read, and whatever the
-        // model computed for their pad inputs must not trip the checks below.
-        let z = step_logits.where_self(&live_b, &step_logits.zeros_like()); // (B, V)
-        let z = if penalize {
-            repetition_penalty(&z, &seen.gt(0), cfg.repetition_penalty)
-        } else {
-            z
-        };
-        let z = if step < cfg.min_new_tokens {
+        // Logit processors, then warpers, on the live rows: (B_live, V).
+        let mut z = step_logits.shallow_clone();
+        if penalize {
+            let seen_live = seen.index_select(0, &rows_t).gt(0);
+            z = repetition_penalty(&z, &seen_live, cfg.repetition_penalty);
+        }
+        if step < cfg.min_new_tokens {
             let eos = Tensor::from_slice(&[cfg.eos_id]).to_device(device);
-            z.index_fill(1, &eos, f64::NEG_INFINITY)
-        } else {
-            z
-        };
-        let processed = filter_logits(&z, cfg.temperature, cfg.top_k, cfg.top_p)?; // (B, V) f64
+            z = z.index_fill(1, &eos, f64::NEG_INFINITY);
+        }
+        let processed = filter_logits(&z, cfg.temperature, cfg.top_k, cfg.top_p)?; // (B_live, V) f64
 
-        // Choose the tokens (pad for stopped rows).
-        let mut next = vec![cfg.pad_id; b];
-        if cfg.is_greedy() {
-            let best =
-                Vec::<i64>::try_from(&processed.argmax(-1, false).to_device(tch::Device::Cpu))?;
-            for r in 0..b {
-                if active[r] {
-                    next[r] = best[r];
-                }
-            }
+        // Choose the live rows' tokens: argmax, or inverse CDF with each row's own stream.
+        let chosen: Vec<i64> = if cfg.is_greedy() {
+            Vec::<i64>::try_from(&processed.argmax(-1, false).to_device(tch::Device::Cpu))?
         } else {
             let probs = processed
                 .softmax(-1, Kind::Double)
@@ -502,28 +494,30 @@ fn generate_checked<M: CausalLm + ?Sized>(
                 .contiguous();
             let probs = Vec::<f64>::try_from(probs.view([-1]))?;
             let vu = v as usize;
-            for r in 0..b {
-                if active[r] {
-                    let row = &probs[r * vu..(r + 1) * vu];
-                    let tok = rngs[r]
-                        .categorical(row)
-                        .ok_or_else(|| RlhfError::NonFinite {
-                            arg: "sampling probabilities".into(),
-                            count: 1,
-                        })?;
-                    next[r] = tok as i64;
-                }
+            let mut chosen = Vec::with_capacity(rows.len());
+            for (i, &r) in rows.iter().enumerate() {
+                let tok = rngs[r]
+                    .categorical(&probs[i * vu..(i + 1) * vu])
+                    .ok_or_else(|| RlhfError::NonFinite {
+                        arg: "sampling probabilities".into(),
+                        count: 1,
+                    })?;
+                chosen.push(tok as i64);
             }
-        }
-        let next_t = Tensor::from_slice(&next).view([bi, 1]).to_device(device); // (B, 1)
+            chosen
+        };
+        let chosen_t = Tensor::from_slice(&chosen)
+            .view([n_live, 1])
+            .to_device(device); // (B_live, 1)
 
-        // Log-probs of the chosen tokens, exactly 0 at stopped rows. The raw ones go through the
-        // crate's one selective-log-softmax, which also rejects non-finite logits at live rows.
+        // Log-probs of the chosen tokens (B_live, 1). The raw ones go through the crate's one
+        // selective-log-softmax, which also rejects non-finite model logits.
         let lp = processed
             .log_softmax(-1, Kind::Double)
-            .gather(-1, &next_t, false); // (B, 1)
-        let lp = zero_masked(&lp, &live_b).to_kind(Kind::Float);
-        let raw = token_log_probs(&step_logits.unsqueeze(1), &next_t, &live_t)
+            .gather(-1, &chosen_t, false)
+            .to_kind(Kind::Float);
+        let all_live = chosen_t.ones_like();
+        let raw = token_log_probs(&step_logits.unsqueeze(1), &chosen_t, &all_live)
             .map_err(|e| match e {
                 RlhfError::NonFinite { count, .. } => RlhfError::NonFinite {
                     arg: "model logits".into(),
@@ -531,42 +525,62 @@ fn generate_checked<M: CausalLm + ?Sized>(
                 },
                 e => e,
             })?
-            .to_kind(Kind::Float); // (B, 1)
+            .to_kind(Kind::Float);
 
+        // Full-batch (B, 1) columns: pad / mask 0 / log-prob exactly 0 for finished rows.
+        let mut next = vec![cfg.pad_id; b];
+        let mut live = vec![0i64; b];
+        for (i, &r) in rows.iter().enumerate() {
+            next[r] = chosen[i];
+            live[r] = 1;
+            lengths[r] += 1;
+            eos_hit[r] = chosen[i] == cfg.eos_id;
+        }
+        let next_t = Tensor::from_slice(&next).view([bi, 1]).to_device(device);
+        let live_t = Tensor::from_slice(&live).view([bi, 1]).to_device(device);
+        let zeros = Tensor::zeros([bi, 1], (Kind::Float, device));
+        lp_cols.push(zeros.index_copy(0, &rows_t, &lp));
+        raw_cols.push(zeros.index_copy(0, &rows_t, &raw));
         if penalize {
             seen = seen.scatter_add(1, &next_t, &live_t);
         }
-        ids_cols.push(next_t.shallow_clone());
-        mask_cols.push(live_t.shallow_clone());
-        lp_cols.push(lp);
-        raw_cols.push(raw);
-        for r in 0..b {
-            if active[r] {
-                lengths[r] += 1;
-                if next[r] == cfg.eos_id {
-                    active[r] = false;
-                    eos_hit[r] = true;
-                }
-            }
-        }
-        if step + 1 == cfg.max_new_tokens || !active.iter().any(|&a| a) {
+        ids_cols.push(next_t);
+        mask_cols.push(live_t);
+
+        let keep: Vec<i64> = (0..rows.len())
+            .filter(|&i| chosen[i] != cfg.eos_id)
+            .map(|i| i as i64)
+            .collect();
+        if step + 1 == cfg.max_new_tokens || keep.is_empty() {
             break;
         }
 
-        // Feed the new token: attended iff its row was live (stopped rows' pads get mask 0).
-        seq_ids = Tensor::cat(&[&seq_ids, &next_t], 1); // (B, P + t + 1)
-        seq_mask = Tensor::cat(&[&seq_mask, &live_t], 1); // (B, P + t + 1)
+        // Feed the live rows' new tokens; drop the rows that just finished.
+        seq_ids = Tensor::cat(&[&seq_ids, &chosen_t], 1); // (B_live, P + t + 1)
+        seq_mask = Tensor::cat(&[&seq_mask, &all_live], 1); // (B_live, P + t + 1)
+        let mut fed = chosen_t;
+        if (keep.len() as i64) < n_live {
+            let keep_t = Tensor::from_slice(&keep).to_device(device);
+            seq_ids = seq_ids.index_select(0, &keep_t);
+            seq_mask = seq_mask.index_select(0, &keep_t);
+            fed = fed.index_select(0, &keep_t);
+            if let Some(c) = cache.as_mut() {
+                c.select_rows(&keep_t);
+            }
+            rows = keep.iter().map(|&i| rows[i as usize]).collect();
+        }
+        let n_live = rows.len() as i64;
         let width = seq_ids.size()[1];
         step_logits = match cache.as_mut() {
             Some(c) => {
-                let pos = position_ids_from_mask(&seq_mask).narrow(1, width - 1, 1); // (B, 1)
-                let out = model.forward(&next_t, &seq_mask, &pos, Some(c), false)?;
-                last_logits(&out, bi, 1, v)?
+                let pos = position_ids_from_mask(&seq_mask).narrow(1, width - 1, 1); // (B_live, 1)
+                let out = model.forward(&fed, &seq_mask, &pos, Some(c), false)?;
+                last_logits(&out, n_live, 1, v)?
             }
             None => {
-                let pos = position_ids_from_mask(&seq_mask); // (B, P + t + 1)
+                let pos = position_ids_from_mask(&seq_mask); // (B_live, P + t + 1)
                 let out = model.forward(&seq_ids, &seq_mask, &pos, None, false)?;
-                last_logits(&out, bi, width, v)?
+                last_logits(&out, n_live, width, v)?
             }
         };
     }
