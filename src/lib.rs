@@ -33,5 +33,6 @@ pub mod json;
 pub mod notebook;
 pub mod ppo;
 pub mod reward_model;
+pub mod rng;
 pub mod toy;
 pub mod worked_example;

@@ -44,9 +44,9 @@
 //!
 //! Everything is f64 on the CPU and single-threaded: the public methods set libtorch's intra-op thread
 //! count of the calling thread to 1 and restore it on return. All randomness (weight initialisation,
-//! sampling, minibatch shuffling) comes from a SplitMix64 generator seeded with `seed`, not from
-//! libtorch's global generator, so a run is reproducible bit for bit even when several runs share a
-//! process (parallel tests). A default run (40 iterations) takes about 3 s of one CPU core.
+//! sampling, minibatch shuffling) comes from a SplitMix64 generator ([`crate::rng::SplitMix64`]) seeded
+//! with `seed`, not from libtorch's global generator, so a run is reproducible bit for bit even when
+//! several runs share a process (parallel tests). A default run (40 iterations) takes about 3 s of one CPU core.
 
 use super::SingleThread;
 use crate::conventions::Conventions;
@@ -59,6 +59,7 @@ use crate::ppo::{
     entropy_bonus, policy_loss, total_loss, value_loss, AdaptiveKlController, FixedKlController,
     KlController,
 };
+use crate::rng::SplitMix64 as Rng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig, RNN};
 use tch::{Device, Kind, Tensor};
@@ -287,49 +288,6 @@ impl PpoLoopConfig {
         c.value_clip = Some(self.cliprange_value);
         c.approx_kl = KlEstimator::K3;
         Ok(c)
-    }
-}
-
-/// SplitMix64 (Steele et al. 2014): the loop's only source of randomness.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: i64) -> Self {
-        Rng((seed as u64) ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.uniform() * n as f64) as usize).min(n - 1)
-    }
-    /// Index drawn from unnormalised probabilities `p` (inverse CDF).
-    fn categorical(&mut self, p: &[f64]) -> usize {
-        let total: f64 = p.iter().sum();
-        let u = self.uniform() * total;
-        let mut acc = 0.0;
-        for (i, &pi) in p.iter().enumerate() {
-            acc += pi;
-            if u < acc {
-                return i;
-            }
-        }
-        p.len() - 1
-    }
-    fn shuffle(&mut self, v: &mut [i64]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
     }
 }
 
@@ -569,7 +527,7 @@ impl PpoTrainer {
         cfg.validate()?;
         let _threads = SingleThread::new();
         tch::manual_seed(cfg.seed);
-        let mut rng = Rng::new(cfg.seed);
+        let mut rng = Rng::new(cfg.seed as u64);
         let actor = Net::new(cfg.hidden, VOCAB, &mut rng)?;
         let critic = Net::new(cfg.hidden, 1, &mut rng)?;
         let mut reference = Net::new(cfg.hidden, VOCAB, &mut rng)?;
@@ -650,7 +608,13 @@ impl PpoTrainer {
                 if done[i] {
                     continue;
                 }
-                let tok = self.rng.categorical(&p[i * v..(i + 1) * v]) as i64;
+                let tok = self
+                    .rng
+                    .categorical(&p[i * v..(i + 1) * v])
+                    .ok_or_else(|| RlhfError::NonFinite {
+                        arg: "policy probabilities".into(),
+                        count: 1,
+                    })? as i64;
                 next[i] = tok;
                 resp[i * l + t] = tok;
                 lengths[i] += 1;
