@@ -1,5 +1,5 @@
 //! `rlhf-lab` command line: `demo` prints the seed worked example through the library; `calc <op>` runs
-//! any primitive on JSON.
+//! any primitive on JSON; `sft --config <toml>` trains the GPT on the review corpus (resumable).
 
 use clap::{Parser, Subcommand};
 use rlhf_lab::{calc, worked_example as we, RlhfError};
@@ -51,12 +51,99 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         params: Vec<String>,
     },
+    /// Supervised fine-tuning / LM training of the GPT (configs/sft-*.toml). Resumes automatically from
+    /// the run directory's latest.json; --fresh starts over.
+    Sft {
+        /// Run configuration (TOML).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Run directory (default: reports/<name> of the config).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Require a checkpoint to resume from (error if there is none).
+        #[arg(long, conflicts_with = "fresh")]
+        resume: bool,
+        /// Delete the run directory's checkpoints, metrics and reports and start over.
+        #[arg(long)]
+        fresh: bool,
+        /// Override optim.max_steps of the config (part of the config: a resume must use the same value).
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Override the config's libtorch thread count.
+        #[arg(long)]
+        threads: Option<i32>,
+        /// No progress bar and no per-eval lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Test hook: sleep this many milliseconds after every step.
+        #[arg(long, hide = true, default_value_t = 0)]
+        step_delay_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { json } => demo(json),
+        Command::Sft {
+            config,
+            out,
+            resume,
+            fresh,
+            max_steps,
+            threads,
+            quiet,
+            step_delay_ms,
+        } => {
+            use rlhf_lab::train::sft::{run_sft, ResumeMode, SftConfig, SftOptions};
+            let run = || -> Result<_, RlhfError> {
+                let mut cfg = SftConfig::from_file(&config)?;
+                if let Some(n) = max_steps {
+                    cfg.optim.max_steps = n;
+                }
+                if threads.is_some() {
+                    cfg.threads = threads;
+                }
+                let opts = SftOptions {
+                    out_dir: out,
+                    resume: if fresh {
+                        ResumeMode::Fresh
+                    } else if resume {
+                        ResumeMode::Require
+                    } else {
+                        ResumeMode::Auto
+                    },
+                    config_file: Some(config.clone()),
+                    progress: !quiet,
+                    verbose: !quiet,
+                    step_delay_ms,
+                    data_dir: None,
+                };
+                run_sft(&cfg, &opts)
+            };
+            match run() {
+                Ok(s) => {
+                    println!(
+                        "{}: {} steps{}, validation loss {:.4}, perplexity {:.2}, {:.0} train tokens/s, {:.1} s; run dir {}",
+                        config.display(),
+                        s.steps,
+                        s.resumed_from
+                            .map(|r| format!(" (resumed from step {r})"))
+                            .unwrap_or_default(),
+                        s.final_val_loss,
+                        s.final_val_ppl,
+                        s.train_tokens_per_s,
+                        s.wall_s,
+                        s.run_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Presets { markdown } => {
             if markdown {
                 print!("{}", rlhf_lab::conventions::markdown_table());

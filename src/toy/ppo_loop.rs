@@ -290,48 +290,8 @@ impl PpoLoopConfig {
     }
 }
 
-/// SplitMix64 (Steele et al. 2014): the loop's only source of randomness.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: i64) -> Self {
-        Rng((seed as u64) ^ 0x5DEE_CE66_D1CE_4E5B)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        ((self.uniform() * n as f64) as usize).min(n - 1)
-    }
-    /// Index drawn from unnormalised probabilities `p` (inverse CDF).
-    fn categorical(&mut self, p: &[f64]) -> usize {
-        let total: f64 = p.iter().sum();
-        let u = self.uniform() * total;
-        let mut acc = 0.0;
-        for (i, &pi) in p.iter().enumerate() {
-            acc += pi;
-            if u < acc {
-                return i;
-            }
-        }
-        p.len() - 1
-    }
-    fn shuffle(&mut self, v: &mut [i64]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
-}
+/// SplitMix64 (Steele et al. 2014), shared with the training loops: the loop's only source of randomness.
+use crate::rng::SplitMix64 as Rng;
 
 /// Embedding → 1-layer GRU → linear head; `forward` maps ids (B, T) to (B, T, out).
 #[derive(Debug)]
