@@ -540,12 +540,6 @@ struct Latest {
 
 const LATEST: &str = "latest.json";
 
-/// Data files behind [`lm_texts`].
-const LM_FILES: &[&str] = &[
-    "rotten-tomatoes/rotten_tomatoes_corpus_full.csv",
-    "pang-lee/sentences.csv",
-    "pang-lee/reviews.csv",
-];
 
 fn ckpt_name(step: u64) -> String {
     format!("ckpt-{step:08}")
@@ -920,7 +914,11 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     manifest.resumed_from.extend(resumed_from);
     manifest.config_file = opts.config_file.as_ref().map(|p| p.display().to_string());
     // The files `lm_texts` reads (pinned hashes from the data directory's MANIFEST.json).
-    manifest.data = report::data_checksums(&data_dir, LM_FILES)?;
+    let lm_files: Vec<&str> = crate::data::Source::ALL
+        .iter()
+        .map(|s| s.relative_path())
+        .collect();
+    manifest.data = report::data_checksums(&data_dir, &lm_files)?;
     manifest.data_digests.insert(
         "train_texts_sha256".into(),
         report::texts_sha256(&train_texts).into(),
