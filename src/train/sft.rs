@@ -251,6 +251,8 @@ impl SftConfig {
             });
         }
         crate::check::positive("model.layer_norm_epsilon", m.layer_norm_epsilon)?;
+        // The model's own checks too (with the smallest vocabulary a trained tokenizer can have).
+        self.gpt_config(258).validate()?;
         if self.tokenizer.path.is_none() {
             at_least(
                 "tokenizer.vocab_size",
@@ -323,15 +325,10 @@ impl SftConfig {
     /// The GPT architecture for a tokenizer of `vocab_size` tokens.
     pub fn gpt_config(&self, vocab_size: i64) -> GptConfig {
         let m = &self.model;
-        GptConfig {
-            vocab_size,
-            n_positions: m.n_positions,
-            n_embd: m.n_embd,
-            n_layer: m.n_layer,
-            n_head: m.n_head,
-            dropout: m.dropout,
-            layer_norm_epsilon: m.layer_norm_epsilon,
-        }
+        let mut g = GptConfig::new(vocab_size, m.n_positions, m.n_embd, m.n_layer, m.n_head)
+            .with_dropout(m.dropout);
+        g.layer_norm_epsilon = m.layer_norm_epsilon;
+        g
     }
 }
 
@@ -551,31 +548,6 @@ fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
-fn load_vars(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let saved: std::collections::HashMap<String, Tensor> =
-        crate::io::load_tensors(path)?.into_iter().collect();
-    tch::no_grad(|| -> Result<()> {
-        for (name, mut var) in named_vars(vs) {
-            let t = saved.get(&name).ok_or_else(|| {
-                RlhfError::format(path, "model checkpoint", format!("no tensor `{name}`"))
-            })?;
-            if t.size() != var.size() {
-                return Err(RlhfError::format(
-                    path,
-                    "model checkpoint",
-                    format!(
-                        "`{name}` has shape {:?}, the model {:?}",
-                        t.size(),
-                        var.size()
-                    ),
-                ));
-            }
-            var.f_copy_(t)?;
-        }
-        Ok(())
-    })
-}
-
 fn remove_dir_if_exists(p: &Path) -> Result<()> {
     if p.exists() {
         std::fs::remove_dir_all(p).map_err(|e| RlhfError::io(p, e))?;
@@ -596,8 +568,7 @@ fn save_checkpoint(
     let name = ckpt_name(state.step);
     let tmp = run_dir.join(format!(".{name}.tmp"));
     remove_dir_if_exists(&tmp)?;
-    crate::io::save_tensors(tmp.join("model.safetensors"), &named_vars(vs))?;
-    crate::io::write_json(tmp.join("config.json"), gpt_cfg)?;
+    crate::model::gpt::save_checkpoint(&tmp, vs, gpt_cfg)?;
     opt.save(tmp.join("optimizer.safetensors"))?;
     crate::io::write_json(tmp.join("state.json"), state)?;
     let dst = run_dir.join(&name);
@@ -873,16 +844,31 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
 
     // Model and optimiser.
     let gpt_cfg = cfg.gpt_config(tokenizer.vocab_size());
-    tch::manual_seed(cfg.seed);
-    let vs = nn::VarStore::new(device);
-    let model = Gpt::new(&vs.root(), gpt_cfg.clone())?;
+    let (vs, model) = match &resume_state {
+        Some((_, dir)) => {
+            let (vs, model) = Gpt::load_checkpoint(dir, device)?;
+            if model.config() != &gpt_cfg {
+                return Err(RlhfError::format(
+                    dir.join(crate::model::gpt::CONFIG_FILE),
+                    "GPT config of this run",
+                    format!("{:?} differs from the configured {gpt_cfg:?}", model.config()),
+                ));
+            }
+            (vs, model)
+        }
+        None => {
+            tch::manual_seed(cfg.seed);
+            let vs = nn::VarStore::new(device);
+            let model = Gpt::new(&vs.root(), gpt_cfg.clone())?;
+            (vs, model)
+        }
+    };
     let mut opt = AdamW::new(&vs, cfg.adamw())?;
     let n_params: i64 = named_vars(&vs).iter().map(|(_, t)| t.numel() as i64).sum();
     let schedule = cfg.schedule()?;
 
     let (mut step, mut rng, mut tokens_seen, mut rows, resumed_from) = match &resume_state {
         Some((state, dir)) => {
-            load_vars(&vs, &dir.join("model.safetensors"))?;
             opt.load(dir.join("optimizer.safetensors"))?;
             // Always said, even when quiet: a resumed run must never pass for a fresh one.
             eprintln!(
