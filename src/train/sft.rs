@@ -525,7 +525,50 @@ struct CkptState {
     rng_state: u64,
     tokens: u64,
     config: serde_json::Value,
-    metrics: Vec<MetricsRow>,
+    metrics: Vec<MetricsBits>,
+}
+
+/// A [`MetricsRow`] with every float stored as its IEEE-754 bit pattern: serde_json's default float
+/// parser may round the last bit (its `float_roundtrip` feature is off), which would break the
+/// bit-identical metrics of a resumed run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MetricsBits {
+    step: u64,
+    tokens: u64,
+    /// `[lr, train_loss, grad_norm, val_loss, val_ppl]` as `f64::to_bits`, `None` where absent.
+    values: [Option<u64>; 5],
+}
+
+impl From<&MetricsRow> for MetricsBits {
+    fn from(r: &MetricsRow) -> Self {
+        let b = |v: Option<f64>| v.map(f64::to_bits);
+        MetricsBits {
+            step: r.step,
+            tokens: r.tokens,
+            values: [
+                b(r.lr),
+                b(r.train_loss),
+                b(r.grad_norm),
+                b(r.val_loss),
+                b(r.val_ppl),
+            ],
+        }
+    }
+}
+
+impl From<&MetricsBits> for MetricsRow {
+    fn from(r: &MetricsBits) -> Self {
+        let f = |i: usize| r.values[i].map(f64::from_bits);
+        MetricsRow {
+            step: r.step,
+            tokens: r.tokens,
+            lr: f(0),
+            train_loss: f(1),
+            grad_norm: f(2),
+            val_loss: f(3),
+            val_ppl: f(4),
+        }
+    }
 }
 
 /// `latest.json`: which checkpoint directory is the newest complete one.
@@ -536,7 +579,6 @@ struct Latest {
 }
 
 const LATEST: &str = "latest.json";
-
 
 fn ckpt_name(step: u64) -> String {
     format!("ckpt-{step:08}")
@@ -851,7 +893,10 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
                 return Err(RlhfError::format(
                     dir.join(crate::model::gpt::CONFIG_FILE),
                     "GPT config of this run",
-                    format!("{:?} differs from the configured {gpt_cfg:?}", model.config()),
+                    format!(
+                        "{:?} differs from the configured {gpt_cfg:?}",
+                        model.config()
+                    ),
                 ));
             }
             (vs, model)
@@ -881,7 +926,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
                 state.step,
                 SplitMix64::from_state(state.rng_state),
                 state.tokens,
-                state.metrics.clone(),
+                state.metrics.iter().map(MetricsRow::from).collect(),
                 Some(state.step),
             )
         }
@@ -933,7 +978,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         rng_state: rng.state(),
         tokens,
         config: config_json.clone(),
-        metrics: rows.to_vec(),
+        metrics: rows.iter().map(MetricsBits::from).collect(),
     };
 
     if step == 0 {
