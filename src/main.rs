@@ -75,6 +75,9 @@ enum Command {
         /// No progress bar and no per-eval lines.
         #[arg(long)]
         quiet: bool,
+        /// report.html loads plotly.js from its CDN (small file, needs a network) instead of inlining it.
+        #[arg(long)]
+        plotly_cdn: bool,
         /// Test hook: sleep this many milliseconds after every step.
         #[arg(long, hide = true, default_value_t = 0)]
         step_delay_ms: u64,
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             max_steps,
             threads,
             quiet,
+            plotly_cdn,
             step_delay_ms,
         } => {
             use rlhf_lab::train::sft::{run_sft, ResumeMode, SftConfig, SftOptions};
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
                     verbose: !quiet,
                     step_delay_ms,
                     data_dir: None,
+                    plotly_cdn,
                 };
                 run_sft(&cfg, &opts)
             };

@@ -4,7 +4,8 @@
 //!
 //! **Self-contained HTML.** `plotly` 0.14 ships plotly.js (and MathJax) in the crate
 //! (`Plot::offline_js_sources`); the report inlines them once, so `report.html` opens offline in any
-//! browser (≈ 7 MB per report). Figures are added with `Plot::to_inline_html`.
+//! browser (≈ 7 MB per report); [`PlotlyJs::Cdn`] links the CDN instead. Figures are added with
+//! `Plot::to_inline_html`.
 
 use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
@@ -286,13 +287,24 @@ fn html_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// A standalone HTML page: title, the plotly figures (plotly.js inlined once, so it works offline),
-/// optional notes (plain text), and the manifest as pretty JSON.
+/// Where the report's plotly.js comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlotlyJs {
+    /// Inlined from the `plotly` crate (`Plot::offline_js_sources`): works offline, ≈ 7 MB.
+    #[default]
+    Inline,
+    /// `<script src>` tags to the plotly/MathJax CDNs (`Plot::online_cdn_js`): small, needs a network.
+    Cdn,
+}
+
+/// A standalone HTML page: title, the plotly figures, optional notes (plain text), and the manifest
+/// as pretty JSON.
 pub fn html_report(
     title: &str,
     figures: &[(&str, &plotly::Plot)],
     notes: &[String],
     manifest: &RunManifest,
+    js: PlotlyJs,
 ) -> Result<String> {
     let manifest_json = serde_json::to_string_pretty(manifest)
         .map_err(|e| RlhfError::format("manifest", "JSON value", e))?;
@@ -314,7 +326,10 @@ pub fn html_report(
          {js}\n<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\n\
          </head>\n<body>\n<h1>{t}</h1>\n{body}<h2>Manifest</h2>\n<pre>{m}</pre>\n</body>\n</html>\n",
         t = html_escape(title),
-        js = plotly::Plot::offline_js_sources(),
+        js = match js {
+            PlotlyJs::Inline => plotly::Plot::offline_js_sources(),
+            PlotlyJs::Cdn => plotly::Plot::online_cdn_js(),
+        },
         m = html_escape(&manifest_json),
     ))
 }

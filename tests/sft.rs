@@ -34,7 +34,7 @@ fn run_in(dir: &Path) -> rlhf_lab::train::sft::SftSummary {
 }
 
 fn latest_step(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("latest.json")).ok()?;
+    let text = std::fs::read_to_string(dir.join("checkpoints/latest.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["step"].as_u64()
 }
@@ -98,11 +98,11 @@ fn learns_is_deterministic_and_survives_sigkill() {
         "metrics.csv",
         "manifest.json",
         "report.html",
-        "latest.json",
+        "checkpoints/latest.json",
     ] {
         assert!(a.join(f).is_file(), "{f} missing");
     }
-    let mut ckpts: Vec<String> = std::fs::read_dir(&a)
+    let mut ckpts: Vec<String> = std::fs::read_dir(a.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|n| n.starts_with("ckpt-"))
@@ -115,7 +115,10 @@ fn learns_is_deterministic_and_survives_sigkill() {
         "optimizer.safetensors",
         "state.json",
     ] {
-        assert!(a.join("ckpt-00000060").join(f).is_file(), "{f} missing");
+        assert!(
+            a.join("checkpoints/ckpt-00000060").join(f).is_file(),
+            "{f} missing"
+        );
     }
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("manifest.json")).unwrap()).unwrap();
@@ -125,6 +128,12 @@ fn learns_is_deterministic_and_survives_sigkill() {
     assert!(manifest["finished_at"].is_string());
     assert_eq!(manifest["config"]["model"]["n_embd"], 32);
     assert_eq!(manifest["results"]["steps"], max);
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(html.contains("Plotly.newPlot") && html.contains("validation perplexity"));
+    assert!(
+        !html.contains("<script src=\"https://cdn.plot.ly"),
+        "plotly.js is inlined, the report works offline"
+    );
     let csv = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
     assert!(
         csv.starts_with("step,tokens,lr,train_loss,grad_norm,val_loss,val_ppl\n"),
@@ -181,7 +190,7 @@ fn learns_is_deterministic_and_survives_sigkill() {
     let resumed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(k.join("manifest.json")).unwrap()).unwrap();
     assert!(!resumed["resumed_from"].as_array().unwrap().is_empty());
-    assert!(!std::fs::read_dir(&k).unwrap().any(|e| e
+    assert!(!std::fs::read_dir(k.join("checkpoints")).unwrap().any(|e| e
         .unwrap()
         .file_name()
         .to_string_lossy()

@@ -27,10 +27,12 @@
 //!
 //! **Determinism and resume.** Model init uses `tch::manual_seed(seed)`; step `s` (1-based) calls
 //! `tch::manual_seed(seed + s)` before its forward passes, so dropout masks depend only on (seed, s);
-//! the data order comes from the SplitMix64 whose state is checkpointed. A checkpoint `ckpt-<s>/`
+//! the data order comes from the SplitMix64 whose state is checkpointed. A checkpoint
+//! `checkpoints/ckpt-<s>/`
 //! holds the model (`model.safetensors` + `config.json`), the AdamW moments (`optimizer.safetensors`)
 //! and `state.json` (step, generator state, tokens seen, the resolved config, the metrics so far). It
-//! is written under a temporary name, then renamed, then `latest.json` is atomically pointed at it; the
+//! is written under a temporary name, then renamed, then `checkpoints/latest.json` is atomically
+//! pointed at it; the
 //! last `keep_checkpoints` are kept. A run killed at any instant resumes from `latest.json` and, on the
 //! CPU with the same thread count, produces bit-identical metrics to an uninterrupted run.
 
@@ -351,7 +353,7 @@ fn prefix(section: &str, e: RlhfError) -> RlhfError {
 /// What to do with an existing run directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ResumeMode {
-    /// Resume from `latest.json` if the run directory has one, else start fresh.
+    /// Resume from `checkpoints/latest.json` if the run directory has one, else start fresh.
     #[default]
     Auto,
     /// Delete the run's checkpoints, metrics and reports and start over.
@@ -376,6 +378,9 @@ pub struct SftOptions {
     pub step_delay_ms: u64,
     /// Data directory (default [`crate::data::data_dir`]).
     pub data_dir: Option<PathBuf>,
+    /// `report.html` loads plotly.js from its CDN instead of inlining it (≈ 10 kB instead of ≈ 7 MB,
+    /// but needs a network connection to show the figures).
+    pub plotly_cdn: bool,
 }
 
 /// One row of `metrics.csv`. Step 0 has only the validation columns.
@@ -579,6 +584,9 @@ struct Latest {
 }
 
 const LATEST: &str = "latest.json";
+/// Subdirectory of the run directory holding `ckpt-<step>/` and `latest.json` (git-ignored as
+/// `/reports/*/checkpoints/`).
+const CHECKPOINTS: &str = "checkpoints";
 
 fn ckpt_name(step: u64) -> String {
     format!("ckpt-{step:08}")
@@ -597,10 +605,11 @@ fn remove_dir_if_exists(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `ckpt-<step>/` (via a temporary directory + rename), points `latest.json` at it, prunes old ones.
+/// Writes `<ckpt_root>/ckpt-<step>/` (via a temporary directory + rename), points
+/// `<ckpt_root>/latest.json` at it, prunes old ones.
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
-    run_dir: &Path,
+    ckpt_root: &Path,
     vs: &nn::VarStore,
     gpt_cfg: &GptConfig,
     opt: &AdamW,
@@ -608,27 +617,27 @@ fn save_checkpoint(
     keep: usize,
 ) -> Result<()> {
     let name = ckpt_name(state.step);
-    let tmp = run_dir.join(format!(".{name}.tmp"));
+    let tmp = ckpt_root.join(format!(".{name}.tmp"));
     remove_dir_if_exists(&tmp)?;
     crate::model::gpt::save_checkpoint(&tmp, vs, gpt_cfg)?;
     opt.save(tmp.join("optimizer.safetensors"))?;
     crate::io::write_json(tmp.join("state.json"), state)?;
-    let dst = run_dir.join(&name);
+    let dst = ckpt_root.join(&name);
     remove_dir_if_exists(&dst)?;
     std::fs::rename(&tmp, &dst).map_err(|e| RlhfError::io(&dst, e))?;
-    if let Ok(f) = std::fs::File::open(run_dir) {
+    if let Ok(f) = std::fs::File::open(ckpt_root) {
         let _ = f.sync_all();
     }
     crate::io::write_json(
-        run_dir.join(LATEST),
+        ckpt_root.join(LATEST),
         &Latest {
             step: state.step,
             dir: name.clone(),
         },
     )?;
     // Prune: keep the newest `keep` checkpoints (the one just written among them).
-    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
-        .map_err(|e| RlhfError::io(run_dir, e))?
+    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(ckpt_root)
+        .map_err(|e| RlhfError::io(ckpt_root, e))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().to_string();
@@ -656,10 +665,9 @@ fn clear_run_dir(run_dir: &Path) -> Result<()> {
         let e = e.map_err(|e| RlhfError::io(run_dir, e))?;
         let n = e.file_name().to_string_lossy().to_string();
         let p = e.path();
-        if n.starts_with("ckpt-") || n.starts_with(".ckpt-") {
+        if n == CHECKPOINTS {
             remove_dir_if_exists(&p)?;
         } else if [
-            LATEST,
             "metrics.csv",
             "manifest.json",
             "report.html",
@@ -708,7 +716,12 @@ fn write_metrics(run_dir: &Path, rows: &[MetricsRow]) -> Result<()> {
     report::write_csv(run_dir.join("metrics.csv"), &mut df)
 }
 
-fn write_report(run_dir: &Path, rows: &[MetricsRow], manifest: &RunManifest) -> Result<()> {
+fn write_report(
+    run_dir: &Path,
+    rows: &[MetricsRow],
+    manifest: &RunManifest,
+    plotly_cdn: bool,
+) -> Result<()> {
     use plotly::common::{Mode, Title};
     use plotly::layout::{Axis, AxisType, Layout};
     use plotly::{Plot, Scatter};
@@ -766,12 +779,18 @@ fn write_report(run_dir: &Path, rows: &[MetricsRow], manifest: &RunManifest) -> 
         &[("Loss", &loss), ("Validation perplexity", &ppl)],
         &notes,
         manifest,
+        if plotly_cdn {
+            report::PlotlyJs::Cdn
+        } else {
+            report::PlotlyJs::Inline
+        },
     )?;
     crate::io::atomic_write(run_dir.join("report.html"), html.as_bytes())
 }
 
 /// Runs (or resumes) SFT as configured; see the module documentation. Writes into the run directory:
-/// `tokenizer.json`, `ckpt-<step>/`, `latest.json`, `metrics.csv`, `manifest.json`, `report.html`.
+/// `tokenizer.json`, `metrics.csv`, `manifest.json`, `report.html`, and `checkpoints/` with
+/// `ckpt-<step>/{model.safetensors, config.json, optimizer.safetensors, state.json}` and `latest.json`.
 pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     let t_start = Instant::now();
     let source = opts
@@ -800,7 +819,8 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     };
 
     // Resume or start fresh.
-    let latest_path = run_dir.join(LATEST);
+    let ckpt_root = run_dir.join(CHECKPOINTS);
+    let latest_path = ckpt_root.join(LATEST);
     let resume_state: Option<(CkptState, PathBuf)> = match opts.resume {
         ResumeMode::Fresh => {
             clear_run_dir(&run_dir)?;
@@ -809,7 +829,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         ResumeMode::Auto | ResumeMode::Require => {
             if latest_path.is_file() {
                 let latest: Latest = crate::io::read_json(&latest_path)?;
-                let dir = run_dir.join(&latest.dir);
+                let dir = ckpt_root.join(&latest.dir);
                 let state: CkptState = crate::io::read_json(dir.join("state.json"))?;
                 if state.config != config_json {
                     return Err(RlhfError::Config {
@@ -831,12 +851,14 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     };
     std::fs::create_dir_all(&run_dir).map_err(|e| RlhfError::io(&run_dir, e))?;
     // Stale temporary checkpoint directories of a killed run.
-    for e in std::fs::read_dir(&run_dir)
-        .map_err(|e| RlhfError::io(&run_dir, e))?
-        .flatten()
-    {
-        if e.file_name().to_string_lossy().starts_with(".ckpt-") {
-            remove_dir_if_exists(&e.path())?;
+    if ckpt_root.is_dir() {
+        for e in std::fs::read_dir(&ckpt_root)
+            .map_err(|e| RlhfError::io(&ckpt_root, e))?
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(".ckpt-") {
+                remove_dir_if_exists(&e.path())?;
+            }
         }
     }
 
@@ -1074,7 +1096,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         if do_ckpt {
             write_metrics(&run_dir, &rows)?;
             save_checkpoint(
-                &run_dir,
+                &ckpt_root,
                 &vs,
                 &gpt_cfg,
                 &opt,
@@ -1122,7 +1144,7 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         manifest.results.insert(k.into(), v);
     }
     manifest.save(&manifest_path)?;
-    write_report(&run_dir, &rows, &manifest)?;
+    write_report(&run_dir, &rows, &manifest, opts.plotly_cdn)?;
     Ok(SftSummary {
         run_dir,
         steps: step,
