@@ -12,9 +12,13 @@
 //! **Prompt masking.** Every stream token carries a loss flag; only targets whose flag is set count in
 //! the loss (the `labels = -100` convention of HF `transformers`, here as an explicit `(B, T)` 0/1 mask
 //! passed to [`crate::logprobs::token_log_probs`] and [`crate::masked::aggregate`]). With
-//! `data.prompt_tokens = k > 0`, the first `k` tokens of each review are its "prompt" and carry no
-//! loss: the model is conditioned on them but trained only on the continuation ("response") and the
-//! EOS. `k = 0` is plain language modelling.
+//! `data.source = "reviews"` and `data.prompt_tokens = k > 0`, the first `k` tokens of each review are
+//! its "prompt" and carry no loss: the model is conditioned on them but trained only on the
+//! continuation ("response") and the EOS; `k = 0` is plain language modelling. With
+//! `data.source = "preferences"` (a TRL preference JSONL at `data.path`, read by
+//! [`crate::data::read_preferences`]) each document is `prompt ‖ chosen ‖ EOS`, prompt and response
+//! tokenised separately (as TRL does), and only the `chosen` tokens and the EOS carry loss
+//! (TRL `SFTTrainer` completion-only loss); pairs are split by [`crate::data::split_of`] of the prompt.
 //!
 //! **Loss.** Mean next-token cross-entropy over the unmasked targets of a micro-batch,
 //! `L = −Σ m·log p(y | x) / Σ m` (token mean, [`LossAgg::TokenMean`]); with `grad_accum > 1` each
@@ -97,9 +101,13 @@ fn default_min_frequency() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Corpus: `reviews` (the movie-review texts of [`crate::data::lm_texts`]).
+    /// Corpus: `reviews` (the movie-review texts of [`crate::data::lm_texts`]) or `preferences`
+    /// (prompt + chosen response of the TRL preference JSONL at `path`; loss on the response only).
     #[serde(default = "default_source")]
     pub source: String,
+    /// The preference JSONL of `source = "preferences"`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     /// Tokens per training window `T` (≤ `model.n_positions`).
     pub block_size: i64,
     /// Use only the first N training documents (and train the tokenizer on them).
@@ -267,11 +275,36 @@ impl SftConfig {
                 1,
             )?;
         }
-        if self.data.source != "reviews" {
-            return Err(RlhfError::Invalid {
-                arg: "data.source".into(),
-                reason: format!("unknown source {:?} (known: \"reviews\")", self.data.source),
-            });
+        match (self.data.source.as_str(), &self.data.path) {
+            ("reviews", None) => {}
+            ("reviews", Some(_)) => {
+                return Err(RlhfError::Invalid {
+                    arg: "data.path".into(),
+                    reason: "only used with source = \"preferences\"".into(),
+                })
+            }
+            ("preferences", None) => {
+                return Err(RlhfError::Invalid {
+                    arg: "data.path".into(),
+                    reason: "source = \"preferences\" needs the JSONL file".into(),
+                })
+            }
+            ("preferences", Some(_)) if self.data.prompt_tokens > 0 => {
+                return Err(RlhfError::Invalid {
+                    arg: "data.prompt_tokens".into(),
+                    reason: "preference data mask their prompt already; leave prompt_tokens at 0"
+                        .into(),
+                })
+            }
+            ("preferences", Some(_)) => {}
+            (other, _) => {
+                return Err(RlhfError::Invalid {
+                    arg: "data.source".into(),
+                    reason: format!(
+                        "unknown source {other:?} (known: \"reviews\", \"preferences\")"
+                    ),
+                })
+            }
         }
         at_least("data.block_size", self.data.block_size, 1)?;
         if self.data.block_size > m.n_positions {
@@ -423,11 +456,35 @@ struct Stream {
     loss: Vec<bool>,
 }
 
-fn build_stream(tok: &Tokenizer, texts: &[String], prompt_tokens: usize) -> Result<Stream> {
+/// One training document: an optional prompt (no loss) and the text trained on.
+#[derive(Debug, Clone, PartialEq)]
+struct Doc {
+    prompt: Option<String>,
+    response: String,
+}
+
+impl Doc {
+    /// Prompt and response as one text (tokenizer training, digests).
+    fn full_text(&self) -> String {
+        match &self.prompt {
+            Some(p) => format!("{p}{}", self.response),
+            None => self.response.clone(),
+        }
+    }
+}
+
+/// Tokens of `docs`, each `prompt ‖ response ‖ EOS`; loss flags are off on the prompt and on the first
+/// `prompt_tokens` response tokens.
+fn build_stream(tok: &Tokenizer, docs: &[Doc], prompt_tokens: usize) -> Result<Stream> {
     let mut tokens = Vec::new();
     let mut loss = Vec::new();
-    for t in texts {
-        let ids = tok.encode(t)?;
+    for d in docs {
+        if let Some(p) = &d.prompt {
+            let ids = tok.encode(p)?;
+            loss.extend(std::iter::repeat_n(false, ids.len()));
+            tokens.extend(ids);
+        }
+        let ids = tok.encode(&d.response)?;
         for (j, id) in ids.into_iter().enumerate() {
             tokens.push(id);
             loss.push(j >= prompt_tokens);
@@ -436,6 +493,46 @@ fn build_stream(tok: &Tokenizer, texts: &[String], prompt_tokens: usize) -> Resu
         loss.push(true);
     }
     Ok(Stream { tokens, loss })
+}
+
+/// Train and validation documents of the configured source.
+fn load_docs(cfg: &DataSection, data_dir: &Path) -> Result<(Vec<Doc>, Vec<Doc>)> {
+    let plain = |v: Vec<String>| -> Vec<Doc> {
+        v.into_iter()
+            .map(|response| Doc {
+                prompt: None,
+                response,
+            })
+            .collect()
+    };
+    let (mut train, mut val) = match (cfg.source.as_str(), &cfg.path) {
+        ("preferences", Some(path)) => {
+            let (mut train, mut val) = (Vec::new(), Vec::new());
+            for p in crate::data::read_preferences(path)? {
+                let doc = Doc {
+                    prompt: Some(p.prompt.clone()),
+                    response: p.chosen,
+                };
+                match crate::data::split_of(&p.prompt) {
+                    crate::data::Split::Train => train.push(doc),
+                    crate::data::Split::Validation => val.push(doc),
+                    crate::data::Split::Test => {}
+                }
+            }
+            (train, val)
+        }
+        _ => {
+            let splits = lm_texts(data_dir)?;
+            (plain(splits.train), plain(splits.validation))
+        }
+    };
+    if let Some(n) = cfg.max_train_docs {
+        train.truncate(n);
+    }
+    if let Some(n) = cfg.max_val_docs {
+        val.truncate(n);
+    }
+    Ok((train, val))
 }
 
 /// A `(B, T)` batch: inputs, targets, target loss mask.
@@ -864,15 +961,9 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
 
     // Data.
     let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
-    let splits = lm_texts(&data_dir)?;
-    let mut train_texts = splits.train;
-    let mut val_texts = splits.validation;
-    if let Some(n) = cfg.data.max_train_docs {
-        train_texts.truncate(n);
-    }
-    if let Some(n) = cfg.data.max_val_docs {
-        val_texts.truncate(n);
-    }
+    let (train_docs, val_docs) = load_docs(&cfg.data, &data_dir)?;
+    let train_texts: Vec<String> = train_docs.iter().map(Doc::full_text).collect();
+    let val_texts: Vec<String> = val_docs.iter().map(Doc::full_text).collect();
 
     // Tokenizer: reloaded from the run directory on resume, else trained (or copied) and saved there.
     let tok_path = run_dir.join("tokenizer.json");
@@ -893,8 +984,8 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         tk
     };
     let t = cfg.data.block_size as usize;
-    let train = build_stream(&tokenizer, &train_texts, cfg.data.prompt_tokens)?;
-    let val = build_stream(&tokenizer, &val_texts, cfg.data.prompt_tokens)?;
+    let train = build_stream(&tokenizer, &train_docs, cfg.data.prompt_tokens)?;
+    let val = build_stream(&tokenizer, &val_docs, cfg.data.prompt_tokens)?;
     if train.tokens.len() < t + 1 {
         return Err(RlhfError::Invalid {
             arg: "data".into(),
@@ -966,12 +1057,21 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     }
     manifest.resumed_from.extend(resumed_from);
     manifest.config_file = opts.config_file.as_ref().map(|p| p.display().to_string());
-    // The files `lm_texts` reads (pinned hashes from the data directory's MANIFEST.json).
-    let lm_files: Vec<&str> = crate::data::Source::ALL
-        .iter()
-        .map(|s| s.relative_path())
-        .collect();
-    manifest.data = report::data_checksums(&data_dir, &lm_files)?;
+    // The files read: those of `lm_texts` (pinned hashes from the data directory's MANIFEST.json), or
+    // the preference JSONL (hashed now).
+    manifest.data = match &cfg.data.path {
+        Some(p) => vec![report::DataFile {
+            path: p.display().to_string(),
+            sha256: crate::io::sha256_file(p)?,
+        }],
+        None => {
+            let lm_files: Vec<&str> = crate::data::Source::ALL
+                .iter()
+                .map(|s| s.relative_path())
+                .collect();
+            report::data_checksums(&data_dir, &lm_files)?
+        }
+    };
     manifest.data_digests.insert(
         "train_texts_sha256".into(),
         report::texts_sha256(&train_texts).into(),
@@ -1156,4 +1256,47 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         wall_s,
         metrics: rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loss flags: review prompts (first k tokens) and preference prompts carry none; responses and
+    /// every EOS do.
+    #[test]
+    fn stream_loss_flags() {
+        let texts: Vec<String> = (0..30)
+            .map(|i| format!("the movie was good {i} and the plot was fine"))
+            .collect();
+        let tok = Tokenizer::train_bpe(
+            &texts,
+            &BpeConfig {
+                vocab_size: 300,
+                min_frequency: 2,
+            },
+        )
+        .unwrap();
+        let review = Doc {
+            prompt: None,
+            response: "the movie was good".into(),
+        };
+        let n = tok.encode("the movie was good").unwrap().len();
+        assert!(n > 2);
+        let s = build_stream(&tok, &[review.clone()], 2).unwrap();
+        assert_eq!(s.tokens.len(), n + 1);
+        assert_eq!(*s.tokens.last().unwrap(), tok.eos_id());
+        assert_eq!(s.loss[..2], [false, false]);
+        assert!(s.loss[2..].iter().all(|&f| f));
+        let pair = Doc {
+            prompt: Some("the plot".into()),
+            response: " was fine".into(),
+        };
+        let np = tok.encode("the plot").unwrap().len();
+        let nr = tok.encode(" was fine").unwrap().len();
+        let s = build_stream(&tok, &[pair, review], 0).unwrap();
+        assert_eq!(s.tokens.len(), np + nr + 1 + n + 1);
+        assert!(s.loss[..np].iter().all(|&f| !f));
+        assert!(s.loss[np..].iter().all(|&f| f));
+    }
 }
