@@ -196,7 +196,12 @@ fn learns_is_deterministic_and_survives_sigkill() {
         .to_string_lossy()
         .starts_with(".ckpt-")));
 
-    // Rerunning a finished run is a no-op on the metrics; a changed config is refused.
+    // Rerunning the finished run resumes at the end and changes nothing.
+    let out = spawn(&k, 0).wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(csv, std::fs::read_to_string(k.join("metrics.csv")).unwrap());
+
+    // Resuming with a changed config is refused.
     let mut changed = tiny();
     changed.optim.lr *= 2.0;
     let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());

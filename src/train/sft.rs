@@ -1053,6 +1053,8 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         if let Ok(prev) = crate::io::read_json::<RunManifest>(&manifest_path) {
             manifest.started_at = prev.started_at;
             manifest.resumed_from = prev.resumed_from;
+            manifest.results = prev.results;
+            manifest.finished_at = prev.finished_at;
         }
     }
     manifest.resumed_from.extend(resumed_from);
@@ -1229,18 +1231,22 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     } else {
         0.0
     };
-    manifest.finished_at = Some(report::utc_now());
-    for (k, v) in [
+    // A rerun of a finished run trains nothing: it keeps the recorded end time and throughput.
+    let mut results = vec![
         ("steps", serde_json::json!(step)),
         ("final_val_loss", serde_json::json!(last_val.0)),
         ("final_val_ppl", serde_json::json!(last_val.1)),
-        (
+        ("tokens_seen", serde_json::json!(tokens_seen)),
+    ];
+    if tokens_this_process > 0 || manifest.finished_at.is_none() {
+        manifest.finished_at = Some(report::utc_now());
+        results.push((
             "train_tokens_per_s_last_process",
             serde_json::json!(train_tokens_per_s),
-        ),
-        ("wall_s_last_process", serde_json::json!(wall_s)),
-        ("tokens_seen", serde_json::json!(tokens_seen)),
-    ] {
+        ));
+        results.push(("wall_s_last_process", serde_json::json!(wall_s)));
+    }
+    for (k, v) in results {
         manifest.results.insert(k.into(), v);
     }
     manifest.save(&manifest_path)?;
