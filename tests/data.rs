@@ -385,3 +385,37 @@ fn malformed_preference_lines_name_the_line() {
     nan.score_chosen = Some(f64::NAN);
     assert!(write_preferences(&path, &[nan]).is_err());
 }
+
+proptest::proptest! {
+    /// The split depends only on the normalised text: case, spacing, punctuation and apostrophes
+    /// (the differences between Pang & Lee's tokenised and Rotten Tomatoes' raw text) never move it.
+    #[test]
+    fn split_is_invariant_to_case_spacing_and_punctuation(
+        words in proptest::collection::vec("[a-zA-Z0-9]{1,8}", 1..12),
+        seps in proptest::collection::vec(proptest::sample::select(vec![" ", "  ", " , ", " . ", "\n", "\" ", " -- ", "'"]), 12),
+    ) {
+        let plain = words.join(" ");
+        let mut noisy = String::from("  ");
+        for (i, w) in words.iter().enumerate() {
+            // An apostrophe inside a word is deleted, so "it's" and "its" normalise alike.
+            let sep = if seps[i] == "'" { "'" } else { seps[i] };
+            noisy.push_str(&w.to_uppercase());
+            noisy.push_str(if i + 1 == words.len() { " !" } else { sep });
+        }
+        let joined_at_apostrophes = normalise(&noisy);
+        let expected: String = {
+            let mut out = String::new();
+            for (i, w) in words.iter().enumerate() {
+                out.push_str(&w.to_lowercase());
+                if i + 1 < words.len() && seps[i] != "'" {
+                    out.push(' ');
+                }
+            }
+            out
+        };
+        proptest::prop_assert_eq!(&joined_at_apostrophes, &expected);
+        if !seps[..words.len() - 1].contains(&"'") {
+            proptest::prop_assert_eq!(split_of(&noisy), split_of(&plain));
+        }
+    }
+}

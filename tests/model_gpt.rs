@@ -8,7 +8,10 @@
 mod common;
 
 use common::max_abs_diff;
-use rlhf_lab::model::gpt::{attention, attention_allowed, save_checkpoint, Gpt, GptConfig};
+use proptest::prelude::*;
+use rlhf_lab::model::gpt::{
+    attention, attention_allowed, last_real_index, save_checkpoint, Gpt, GptConfig,
+};
 use rlhf_lab::model::{left_pad, position_ids_from_mask, CausalLm, KvCache};
 use rlhf_lab::RlhfError;
 use std::path::{Path, PathBuf};
@@ -343,6 +346,29 @@ fn score_of_a_row_without_real_tokens_is_an_error() {
     ));
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// `last_real_index` is the largest t with mask = 1, for any non-empty 0/1 row (left, right,
+    /// middle padding or none), checked against a plain loop.
+    #[test]
+    fn last_real_index_is_the_last_one(rows in prop::collection::vec(
+        prop::collection::vec(0i64..2, 7), 1..5)) {
+        let rows: Vec<Vec<i64>> = rows
+            .into_iter()
+            .map(|mut r| { if r.iter().all(|&m| m == 0) { r[3] = 1; } r })
+            .collect();
+        let b = rows.len() as i64;
+        let mask = Tensor::from_slice(&rows.concat()).view([b, 7]);
+        let got = Vec::<i64>::try_from(last_real_index(&mask).unwrap()).unwrap();
+        let want: Vec<i64> = rows
+            .iter()
+            .map(|r| r.iter().rposition(|&m| m == 1).unwrap() as i64)
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Checkpoints
 // ------------------------------------------------------------------------------------------------
@@ -541,7 +567,7 @@ fn bad_inputs_are_errors_not_panics() {
     ));
     let mut cache = KvCache::new(2);
     let t20 = Tensor::ones([1, 20], (Kind::Int64, Device::Cpu));
-    tch::no_grad(|| {
+    let _ = tch::no_grad(|| {
         gpt.forward(
             &t20,
             &ones(1, 20),
@@ -847,4 +873,44 @@ fn hf_parity() {
         Gpt::from_pretrained_dir(dir.path(), Device::Cpu).unwrap_err(),
         "transformer.h.2.ln_2.bias",
     );
+}
+
+/// Timing of the training-size config (not a test; `cargo test --release --test model_gpt -- --ignored
+/// --nocapture timing`): forward + backward of B = 16 rows of T = 128 tokens, C = 192, 4 layers,
+/// V = 8000, with and without left padding (explicit-mask vs fused-causal attention path).
+#[test]
+#[ignore]
+fn timing_training_config() {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let gpt = Gpt::new(&vs.root(), GptConfig::new(8000, 128, 192, 4, 4)).unwrap();
+    let (b, t) = (16, 128);
+    let x = Tensor::randint(8000, [b, t], (Kind::Int64, Device::Cpu));
+    let full = ones(b, t);
+    let padded = ones(b, t);
+    let _ = padded.narrow(1, 0, 17).fill_(0);
+    for (name, mask) in [("no padding", &full), ("left-padded", &padded)] {
+        let pos = position_ids_from_mask(mask);
+        let step = || {
+            let lg = gpt.forward(&x, mask, &pos, None, true).unwrap();
+            lg.mean(Kind::Float).backward();
+        };
+        step();
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            step();
+        }
+        let fwd_bwd = t0.elapsed().as_secs_f64() / 3.0;
+        let t0 = std::time::Instant::now();
+        for _ in 0..3 {
+            let _ = logits(&gpt, &x, mask, &pos);
+        }
+        let fwd = t0.elapsed().as_secs_f64() / 3.0;
+        println!(
+            "{name}: forward {:.0} ms, forward+backward {:.0} ms ({} threads)",
+            fwd * 1e3,
+            fwd_bwd * 1e3,
+            tch::get_num_threads()
+        );
+    }
 }

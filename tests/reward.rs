@@ -4,12 +4,14 @@
 //! `--nocapture` to see the accuracy report.
 
 use rlhf_lab::data::{self, sentiment_splits};
-use rlhf_lab::reward::sentiment::{fit, train_classifier_on, BowClassifier, ClassifierConfig};
+use rlhf_lab::reward::sentiment::{
+    fit, train_classifier_on, BowClassifier, ClassifierConfig, ClassifierMetrics,
+};
 use rlhf_lab::reward::vader::Vader;
 use rlhf_lab::reward::{accuracy, compare_on_test, SentimentScorer};
 use rlhf_lab::RlhfError;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use tch::Tensor;
 
 fn dir() -> PathBuf {
@@ -22,16 +24,15 @@ fn dir() -> PathBuf {
     d
 }
 
-/// One training run with the default (validation-picked) config, shared by the tests.
-fn trained() -> &'static (
-    BowClassifier,
-    rlhf_lab::reward::sentiment::ClassifierMetrics,
-) {
-    static M: OnceLock<(
-        BowClassifier,
-        rlhf_lab::reward::sentiment::ClassifierMetrics,
-    )> = OnceLock::new();
-    M.get_or_init(|| train_classifier_on(&dir(), &ClassifierConfig::default()).unwrap())
+type Trained = (BowClassifier, ClassifierMetrics);
+
+/// One training run with the default (validation-picked) config, shared by the tests (a `Mutex`
+/// because `tch::Tensor` is `Send` but not `Sync`).
+fn trained() -> MutexGuard<'static, Trained> {
+    static M: OnceLock<Mutex<Trained>> = OnceLock::new();
+    M.get_or_init(|| Mutex::new(train_classifier_on(&dir(), &ClassifierConfig::default()).unwrap()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 fn vader() -> Vader {
@@ -44,7 +45,8 @@ fn values(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn classifier_reaches_target_accuracy_on_test() {
-    let (model, m) = trained();
+    let guard = trained();
+    let (model, m) = (&guard.0, &guard.1);
     println!("bow-logreg {:?}: {m:?}", model.config());
     assert!(
         m.test_accuracy >= 0.78,
@@ -62,7 +64,8 @@ fn classifier_reaches_target_accuracy_on_test() {
 
 #[test]
 fn classifier_scores_are_oriented_and_shaped() {
-    let (model, _) = trained();
+    let guard = trained();
+    let model = &guard.0;
     let s = values(
         &model
             .score(&[
@@ -80,19 +83,21 @@ fn classifier_scores_are_oriented_and_shaped() {
 #[test]
 fn classifier_training_is_deterministic() {
     let d = dir();
-    let train = sentiment_splits(&d).unwrap().train;
+    // A 2,000-snippet slice keeps the three fits fast; determinism does not depend on the size.
+    let all = sentiment_splits(&d).unwrap().train;
+    let train = &all[..2_000];
     let cfg = ClassifierConfig {
         epochs: 1,
         ..ClassifierConfig::default()
     };
-    let a = fit(&cfg, &train).unwrap();
-    let b = fit(&cfg, &train).unwrap();
+    let a = fit(&cfg, train).unwrap();
+    let b = fit(&cfg, train).unwrap();
     assert_eq!(a.vocabulary(), b.vocabulary());
     assert!(
         a.weight().equal(b.weight()) && a.bias().equal(b.bias()),
         "same seed, different weights"
     );
-    let c = fit(&ClassifierConfig { seed: 1, ..cfg }, &train).unwrap();
+    let c = fit(&ClassifierConfig { seed: 1, ..cfg }, train).unwrap();
     assert!(
         !a.weight().equal(c.weight()),
         "the seed changes the minibatch order, so the weights"
@@ -101,7 +106,8 @@ fn classifier_training_is_deterministic() {
 
 #[test]
 fn classifier_save_load_gives_identical_scores() {
-    let (model, metrics) = trained();
+    let guard = trained();
+    let (model, metrics) = (&guard.0, &guard.1);
     let tmp = tempfile::tempdir().unwrap();
     model.save(tmp.path(), Some(metrics)).unwrap();
     let back = BowClassifier::load(tmp.path()).unwrap();
@@ -254,7 +260,8 @@ fn vader_missing_lexicon_is_io_error_with_hint() {
 #[test]
 fn accuracy_report_on_rt_test_split() {
     let d = dir();
-    let (model, _) = trained();
+    let guard = trained();
+    let model = &guard.0;
     let v = vader();
     let report = compare_on_test(&d, &[model as &dyn SentimentScorer, &v]).unwrap();
     println!("{report}");

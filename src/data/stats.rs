@@ -163,9 +163,38 @@ pub fn save_stats(dir: &Path, out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((csv_path, json_path))
 }
 
-/// Prints the statistics table to stdout.
+/// Prints the statistics to stdout as three narrow tables (counts and labels, characters, words), so
+/// that polars' default width shows every column.
 pub fn print_stats(dir: &Path) -> Result<()> {
     let df = stats(dir)?;
-    println!("{df}");
+    for columns in [
+        &[
+            "source",
+            "split",
+            "n",
+            "n_positive",
+            "n_negative",
+            "n_plot",
+            "positive_fraction",
+        ][..],
+        &[
+            "source",
+            "split",
+            "chars_mean",
+            "chars_median",
+            "chars_p95",
+            "chars_max",
+        ][..],
+        &[
+            "source",
+            "split",
+            "words_mean",
+            "words_median",
+            "words_p95",
+            "words_max",
+        ][..],
+    ] {
+        println!("{}", df.select(columns.iter().copied())?);
+    }
     Ok(())
 }
