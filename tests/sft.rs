@@ -264,3 +264,54 @@ fn bad_configs_name_the_file() {
         "{stderr}"
     );
 }
+
+/// `source = "preferences"`: SFT on prompt ‖ chosen of a TRL preference JSONL runs and learns.
+#[test]
+fn preference_source_trains_on_chosen_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("prefs.jsonl");
+    let pairs: Vec<rlhf_lab::data::PreferencePair> = (0..400)
+        .map(|i| rlhf_lab::data::PreferencePair {
+            prompt: format!("Review of film {i}:"),
+            chosen: format!(" a warm, funny and moving film number {i}, with a great cast."),
+            rejected: format!(" a dull film number {i}."),
+            score_chosen: None,
+            score_rejected: None,
+        })
+        .collect();
+    rlhf_lab::data::write_preferences(&jsonl, &pairs).unwrap();
+    let mut cfg = tiny();
+    cfg.name = "sft-prefs".into();
+    cfg.data.source = "preferences".into();
+    cfg.data.path = Some(jsonl.clone());
+    cfg.data.prompt_tokens = 0;
+    cfg.optim.max_steps = 30;
+    cfg.optim.warmup_steps = 3;
+    cfg.eval_interval = 30;
+    cfg.checkpoint_interval = 30;
+    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let s = run_sft(
+        &cfg,
+        &SftOptions {
+            out_dir: Some(dir.path().join("run")),
+            resume: ResumeMode::Fresh,
+            plotly_cdn: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let v0 = s.metrics[0].val_loss.unwrap();
+    assert!(s.final_val_loss < v0 - 1.0, "{v0} -> {}", s.final_val_loss);
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["data"][0]["sha256"],
+        rlhf_lab::io::sha256_file(&jsonl).unwrap()
+    );
+    // A preference source without its file is a config error.
+    let mut bad = tiny();
+    bad.data.source = "preferences".into();
+    assert!(bad.validate().is_err());
+}
