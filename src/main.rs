@@ -1,5 +1,7 @@
 //! `rlhf-lab` command line: `demo` prints the seed worked example through the library; `calc <op>` runs
-//! any primitive on JSON.
+//! any primitive on JSON; `sft --config <toml>` trains the GPT on the review corpus (resumable).
+
+mod commands;
 
 use clap::{Parser, Subcommand};
 use rlhf_lab::{calc, worked_example as we, RlhfError};
@@ -51,12 +53,212 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         params: Vec<String>,
     },
+    /// Verify the fetched data against its pinned checksums, print per-source × split statistics and
+    /// save them (reports/data/ by default).
+    Data {
+        /// Output directory for data_stats.csv / data_stats.json / manifest.json.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Ground-truth sentiment reward: train the classifier (`train`) or score texts (`score`).
+    Reward {
+        #[command(subcommand)]
+        command: RewardCommand,
+    },
+    /// Sample from SmolLM2-135M-Instruct (GGUF, default) or a GPT trained by `sft` (--run), batched with
+    /// the KV cache; one JSON line per prompt.
+    Generate {
+        /// Prompts (one response each, sampled as one batch).
+        #[arg(required = true)]
+        prompts: Vec<String>,
+        /// GGUF file (default: the fetched SmolLM2-135M-Instruct Q4_1).
+        #[arg(long, conflicts_with = "run")]
+        gguf: Option<std::path::PathBuf>,
+        /// An `sft` run directory: its latest checkpoint and tokenizer.json.
+        #[arg(long)]
+        run: Option<std::path::PathBuf>,
+        /// Do not wrap prompts in SmolLM2's chat template.
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// 0 = off.
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        /// 1 = off.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// libtorch threads (1 is fastest for decoding on a loaded 2-core machine).
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        /// Also print ground-truth sentiment scores (classifier from `reward train`, and VADER).
+        #[arg(long)]
+        score: bool,
+    },
+    /// Supervised fine-tuning / LM training of the GPT (configs/sft-*.toml). Resumes automatically from
+    /// the run directory's latest.json; --fresh starts over.
+    Sft {
+        /// Run configuration (TOML).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Run directory (default: reports/<name> of the config).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Require a checkpoint to resume from (error if there is none).
+        #[arg(long, conflicts_with = "fresh")]
+        resume: bool,
+        /// Delete the run directory's checkpoints, metrics and reports and start over.
+        #[arg(long)]
+        fresh: bool,
+        /// Override optim.max_steps of the config (part of the config: a resume must use the same value).
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Override the config's libtorch thread count.
+        #[arg(long)]
+        threads: Option<i32>,
+        /// No progress bar and no per-eval lines.
+        #[arg(long)]
+        quiet: bool,
+        /// report.html loads plotly.js from its CDN (small file, needs a network) instead of inlining it.
+        #[arg(long)]
+        plotly_cdn: bool,
+        /// Test hook: sleep this many milliseconds after every step.
+        #[arg(long, hide = true, default_value_t = 0)]
+        step_delay_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RewardCommand {
+    /// Train the bag-of-words NB-LR classifier on the Rotten Tomatoes train split; save it under
+    /// <out>/model/ (default reports/reward/) and compare it with VADER on the test split.
+    Train {
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Score texts with the saved classifier (logit of P(positive)) and VADER (compound).
+    Score {
+        /// Classifier directory (default reports/reward/model).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+}
+
+/// Exit status of a subcommand that returns a library `Result`: errors are printed, status 2.
+fn finish(r: Result<(), RlhfError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { json } => demo(json),
+        Command::Data { out } => finish(commands::data_cmd(out)),
+        Command::Reward { command } => finish(match command {
+            RewardCommand::Train { out, seed } => commands::reward_train(out, seed),
+            RewardCommand::Score { model, texts } => commands::reward_score(model, &texts),
+        }),
+        Command::Generate {
+            prompts,
+            gguf,
+            run,
+            raw,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            threads,
+            score,
+        } => finish(commands::generate_cmd(commands::GenerateArgs {
+            gguf,
+            run,
+            prompts,
+            raw,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            threads,
+            score,
+        })),
+        Command::Sft {
+            config,
+            out,
+            resume,
+            fresh,
+            max_steps,
+            threads,
+            quiet,
+            plotly_cdn,
+            step_delay_ms,
+        } => {
+            use rlhf_lab::train::sft::{run_sft, ResumeMode, SftConfig, SftOptions};
+            let run = || -> Result<_, RlhfError> {
+                let mut cfg = SftConfig::from_file(&config)?;
+                if let Some(n) = max_steps {
+                    cfg.optim.max_steps = n;
+                }
+                if threads.is_some() {
+                    cfg.threads = threads;
+                }
+                let opts = SftOptions {
+                    out_dir: out,
+                    resume: if fresh {
+                        ResumeMode::Fresh
+                    } else if resume {
+                        ResumeMode::Require
+                    } else {
+                        ResumeMode::Auto
+                    },
+                    config_file: Some(config.clone()),
+                    progress: !quiet,
+                    verbose: !quiet,
+                    step_delay_ms,
+                    data_dir: None,
+                    plotly_cdn,
+                };
+                run_sft(&cfg, &opts)
+            };
+            match run() {
+                Ok(s) => {
+                    println!(
+                        "{}: {} steps{}, validation loss {:.4}, perplexity {:.2}, {:.0} train tokens/s, {:.1} s; run dir {}",
+                        config.display(),
+                        s.steps,
+                        s.resumed_from
+                            .map(|r| format!(" (resumed from step {r})"))
+                            .unwrap_or_default(),
+                        s.final_val_loss,
+                        s.final_val_ppl,
+                        s.train_tokens_per_s,
+                        s.wall_s,
+                        s.run_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Presets { markdown } => {
             if markdown {
                 print!("{}", rlhf_lab::conventions::markdown_table());

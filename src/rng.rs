@@ -2,7 +2,7 @@
 //! pseudorandom number generators", OOPSLA; the `splitmix64` reference code of Vigna's xoshiro page).
 //!
 //! Everything in rlhf-lab that samples on the CPU — the toy PPO loop ([`crate::toy::ppo_loop`]) and
-//! [`crate::generate`] — draws from this generator instead of libtorch's global one, so that a run is
+//! [`crate::generate`], the SFT data order ([`crate::train::sft`]) — draws from this generator instead of libtorch's global one, so that a run is
 //! reproducible bit for bit from its seed alone, whatever else in the process (parallel tests, another
 //! model's dropout) consumes torch's global RNG.
 
@@ -41,6 +41,17 @@ impl SplitMix64 {
         SplitMix64 {
             state: seed ^ SEED_SALT ^ mix64(stream.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)),
         }
+    }
+
+    /// Resumes from a state returned by [`Self::state`] (checkpoints store it, so a resumed run draws
+    /// the same numbers).
+    pub fn from_state(state: u64) -> Self {
+        SplitMix64 { state }
+    }
+
+    /// The whole internal state (one `u64`), for checkpoints.
+    pub fn state(&self) -> u64 {
+        self.state
     }
 
     /// Next 64 random bits.

@@ -88,9 +88,70 @@ impl Tokenizer {
         })
     }
 
-    /// Trains a byte-level BPE on `texts` (implemented with the tokenizer work of issue 4).
-    pub fn train_bpe(_texts: &[String], _cfg: &BpeConfig) -> Result<Self> {
-        Err(tok_err("train_bpe", "not implemented yet"))
+    /// Trains a byte-level BPE (GPT-2's tokenizer scheme, Radford et al. 2019 §2.2; Sennrich et al. 2016)
+    /// on `texts`, with [`EOS_TOKEN`] (id 0) and [`PAD_TOKEN`] (id 1) as special tokens.
+    ///
+    /// Pipeline, as in the `tokenizer.json` of HF `gpt2`: no normaliser; `ByteLevel` pre-tokenizer
+    /// (GPT-2 regex split, bytes mapped to printable code points, `add_prefix_space = false`, so
+    /// `decode(encode(s)) == s` for every string); BPE model; `ByteLevel` post-processor and decoder.
+    /// The initial alphabet is all 256 byte symbols, so every byte sequence is encodable (no unknown
+    /// token) even if the training texts never contained it.
+    ///
+    /// `cfg.vocab_size` counts the 2 special tokens and the 256 byte symbols and must be ≥ 258; the
+    /// result has at most that many tokens (fewer when the corpus runs out of pairs seen
+    /// `cfg.min_frequency` times).
+    ///
+    /// Deterministic: the trainer's pair counts are order-independent sums, and ties between equally
+    /// frequent pairs are broken by the pair's token ids (`tokenizers` `Merge` ordering), so the same
+    /// texts give the same `tokenizer.json` whatever the thread count (tested).
+    pub fn train_bpe(texts: &[String], cfg: &BpeConfig) -> Result<Self> {
+        use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+        use tokenizers::normalizers::NormalizerWrapper;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::{AddedToken, TokenizerBuilder};
+
+        let min_vocab = 256 + 2;
+        if cfg.vocab_size < min_vocab {
+            return Err(RlhfError::OutOfRange {
+                arg: "vocab_size".into(),
+                value: cfg.vocab_size as f64,
+                range: format!(">= {min_vocab} (256 byte symbols + EOS + PAD)"),
+            });
+        }
+        if cfg.min_frequency < 1 {
+            return Err(RlhfError::OutOfRange {
+                arg: "min_frequency".into(),
+                value: cfg.min_frequency as f64,
+                range: ">= 1".into(),
+            });
+        }
+        if texts.iter().all(|t| t.is_empty()) {
+            return Err(tok_err("texts", "no training text (empty corpus)"));
+        }
+        let byte_level = ByteLevel::new(false, true, true);
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(cfg.vocab_size)
+            .min_frequency(cfg.min_frequency)
+            .show_progress(false)
+            .special_tokens(vec![
+                AddedToken::from(EOS_TOKEN, true),
+                AddedToken::from(PAD_TOKEN, true),
+            ])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tk =
+            TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+                .with_model(BPE::default())
+                .with_normalizer(None)
+                .with_pre_tokenizer(Some(byte_level))
+                .with_post_processor(Some(byte_level))
+                .with_decoder(Some(byte_level))
+                .build()
+                .map_err(|e| tok_err("train_bpe", e))?;
+        tk.train(&mut trainer, texts.iter())
+            .map_err(|e| tok_err("train_bpe", e))?;
+        let inner = tokenizers::Tokenizer::from(tk);
+        Self::from_hf(inner, EOS_TOKEN, PAD_TOKEN)
     }
 
     /// Loads a Hugging Face `tokenizer.json`. EOS/PAD names come from a `tokenizer_config.json` beside it

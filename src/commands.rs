@@ -1,0 +1,219 @@
+//! The data, reward and generation subcommands of the `rlhf-lab` binary: thin wrappers that parse
+//! flags, call the library and print what it returns. Every failure is an [`RlhfError`], printed by
+//! `main` with exit status 2.
+
+use rlhf_lab::data::{self, data_dir};
+use rlhf_lab::generate::{generate, GenerationConfig};
+use rlhf_lab::model::gguf::smollm2_chat_prompt;
+use rlhf_lab::model::gpt::Gpt;
+use rlhf_lab::model::llama::Llama;
+use rlhf_lab::model::CausalLm;
+use rlhf_lab::report::RunManifest;
+use rlhf_lab::reward::sentiment::{train_classifier_on, BowClassifier, ClassifierConfig};
+use rlhf_lab::reward::vader::Vader;
+use rlhf_lab::reward::{compare_on_test, SentimentScorer};
+use rlhf_lab::tokenizer::Tokenizer;
+use rlhf_lab::{Result, RlhfError};
+use serde_json::json;
+use std::path::PathBuf;
+use tch::Device;
+
+fn reports_dir(name: &str) -> PathBuf {
+    rlhf_lab::io::project_root().join("reports").join(name)
+}
+
+/// `rlhf-lab data`: re-hash every fetched file against its pin, print the per-source × split
+/// statistics and save them (`data_stats.csv`, `data_stats.json`) with a run manifest.
+pub fn data_cmd(out: Option<PathBuf>) -> Result<()> {
+    let dir = data_dir();
+    let checked = data::verify_checksums(&dir)?;
+    println!(
+        "data: {} file(s) in {} match their pinned sha256",
+        checked.len(),
+        dir.display()
+    );
+    data::print_stats(&dir)?;
+    let out = out.unwrap_or_else(|| reports_dir("data"));
+    let (csv, js) = data::save_stats(&dir, &out)?;
+    let mut manifest = RunManifest::new("data", "data-stats", json!({}), 0, Device::Cpu);
+    manifest.data = rlhf_lab::report::data_checksums(&dir, &data_files())?;
+    manifest.finished_at = Some(rlhf_lab::report::utc_now());
+    manifest.save(out.join("manifest.json"))?;
+    println!("data: wrote {} and {}", csv.display(), js.display());
+    Ok(())
+}
+
+/// The corpus files (relative to the data directory) the data and reward commands read.
+fn data_files() -> Vec<&'static str> {
+    data::Source::ALL
+        .iter()
+        .map(|s| s.relative_path())
+        .chain(["vader/vader_lexicon.txt"])
+        .collect()
+}
+
+/// `rlhf-lab reward train`: fit the bag-of-words NB-LR classifier on the Rotten Tomatoes train split,
+/// save it frozen under `<out>/model/`, and report its accuracy beside VADER's on the test split.
+pub fn reward_train(out: Option<PathBuf>, seed: u64) -> Result<()> {
+    let dir = data_dir();
+    let out = out.unwrap_or_else(|| reports_dir("reward"));
+    let cfg = ClassifierConfig {
+        seed,
+        ..ClassifierConfig::default()
+    };
+    let (model, metrics) = train_classifier_on(&dir, &cfg)?;
+    let model_dir = out.join("model");
+    model.save(&model_dir, Some(&metrics))?;
+    let vader = Vader::load(&dir)?;
+    let report = compare_on_test(&dir, &[&model as &dyn SentimentScorer, &vader])?;
+    print!("{report}");
+    let mut manifest = RunManifest::new(
+        "reward",
+        "sentiment-classifier",
+        serde_json::to_value(&cfg).map_err(|e| RlhfError::format("config", "JSON value", e))?,
+        seed as i64,
+        Device::Cpu,
+    );
+    manifest.data = rlhf_lab::report::data_checksums(&dir, &data_files())?;
+    manifest.results = json!({ "classifier": metrics, "test_split": report })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    manifest.finished_at = Some(rlhf_lab::report::utc_now());
+    manifest.save(out.join("manifest.json"))?;
+    println!(
+        "reward: classifier saved in {} ({} features, train {:.4}, validation {:.4}, test {:.4}; {:.2} s)",
+        model_dir.display(),
+        metrics.vocab_size,
+        metrics.train_accuracy,
+        metrics.validation_accuracy,
+        metrics.test_accuracy,
+        metrics.train_seconds
+    );
+    Ok(())
+}
+
+/// `rlhf-lab reward score`: ground-truth scores of texts under the saved classifier and VADER.
+pub fn reward_score(model_dir: Option<PathBuf>, texts: &[String]) -> Result<()> {
+    let model_dir = model_dir.unwrap_or_else(|| reports_dir("reward").join("model"));
+    let clf = BowClassifier::load(&model_dir).map_err(|e| match e {
+        RlhfError::Io { path, reason } => RlhfError::Io {
+            path,
+            reason: format!("{reason} (train it first: `rlhf-lab reward train`)"),
+        },
+        other => other,
+    })?;
+    let vader = Vader::load(&data_dir())?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let a = Vec::<f32>::try_from(&clf.score(&refs)?)?;
+    let b = Vec::<f32>::try_from(&vader.score(&refs)?)?;
+    for ((t, x), y) in texts.iter().zip(a).zip(b) {
+        println!("{}", json!({ "text": t, clf.name(): x, vader.name(): y }));
+    }
+    Ok(())
+}
+
+/// Flags of `rlhf-lab generate`.
+pub struct GenerateArgs {
+    pub gguf: Option<PathBuf>,
+    pub run: Option<PathBuf>,
+    pub prompts: Vec<String>,
+    pub raw: bool,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub seed: u64,
+    pub threads: i32,
+    pub score: bool,
+}
+
+/// A model to sample from, its tokenizer, whether it is a chat model, and the VarStore that owns a
+/// trained GPT's parameters (kept alive beside the model).
+type Loaded = (
+    Box<dyn CausalLm>,
+    Tokenizer,
+    bool,
+    Option<tch::nn::VarStore>,
+);
+
+/// The model to sample from: SmolLM2 from its GGUF file (default) or a GPT trained by `rlhf-lab sft`.
+fn load_model(args: &GenerateArgs) -> Result<Loaded> {
+    if let Some(run) = &args.run {
+        let ckpt = rlhf_lab::train::sft::latest_checkpoint(run)?.ok_or_else(|| RlhfError::Io {
+            path: run.join("checkpoints").display().to_string(),
+            reason: "no checkpoint (run `rlhf-lab sft --config …` first)".into(),
+        })?;
+        let (vs, gpt) = Gpt::load_checkpoint(&ckpt, Device::cuda_if_available())?;
+        let tok = Tokenizer::from_file(run.join("tokenizer.json"))?;
+        return Ok((Box::new(gpt), tok, false, Some(vs)));
+    }
+    let path = args
+        .gguf
+        .clone()
+        .unwrap_or_else(|| data_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let (llama, tok) = Llama::from_gguf(&path, Device::cuda_if_available())?;
+    Ok((Box::new(llama), tok, true, None))
+}
+
+/// `rlhf-lab generate`: batched sampling with the KV cache; prints one JSON line per prompt.
+pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
+    if args.prompts.is_empty() {
+        return Err(RlhfError::Invalid {
+            arg: "prompts".into(),
+            reason: "give at least one prompt".into(),
+        });
+    }
+    tch::set_num_threads(args.threads.max(1));
+    let start = std::time::Instant::now();
+    let (model, tok, chat, _vs) = load_model(&args)?;
+    let load_s = start.elapsed().as_secs_f64();
+    let prompts: Vec<Vec<i64>> = args
+        .prompts
+        .iter()
+        .map(|p| {
+            if chat && !args.raw {
+                tok.encode(&smollm2_chat_prompt(p))
+            } else {
+                tok.encode(p)
+            }
+        })
+        .collect::<Result<_>>()?;
+    let cfg = GenerationConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        ..GenerationConfig::new(args.max_new_tokens, tok.eos_id(), tok.pad_id())
+    };
+    let t0 = std::time::Instant::now();
+    let out = tch::no_grad(|| generate(model.as_ref(), &prompts, &cfg))?;
+    let gen_s = t0.elapsed().as_secs_f64();
+    let texts = out.texts(&tok)?;
+    let lengths = Vec::<i64>::try_from(&out.response_lengths.to_device(Device::Cpu))?;
+    let scorers: Option<(BowClassifier, Vader)> = if args.score {
+        Some((
+            BowClassifier::load(&reports_dir("reward").join("model"))?,
+            Vader::load(&data_dir())?,
+        ))
+    } else {
+        None
+    };
+    for (i, (p, t)) in args.prompts.iter().zip(&texts).enumerate() {
+        let mut line = json!({ "prompt": p, "response": t, "tokens": lengths[i] });
+        if let Some((clf, vader)) = &scorers {
+            line["bow-logreg"] = json!(clf.score(&[t.as_str()])?.double_value(&[0]));
+            line["vader"] = json!(vader.compound(t));
+        }
+        println!("{line}");
+    }
+    let n_tokens: i64 = lengths.iter().sum();
+    eprintln!(
+        "generate: load {load_s:.1} s; {n_tokens} new tokens in {gen_s:.2} s ({:.1} tokens/s, batch {}, {} thread(s), {:?})",
+        n_tokens as f64 / gen_s.max(1e-9),
+        prompts.len(),
+        args.threads.max(1),
+        model.device()
+    );
+    Ok(())
+}

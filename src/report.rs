@@ -1,0 +1,355 @@
+//! Run records shared by every training/evaluation run: the run manifest (`manifest.json`: what ran,
+//! on what code, data, machine and settings), metrics tables written atomically as CSV, and a
+//! self-contained HTML report with plotly figures.
+//!
+//! **Self-contained HTML.** `plotly` 0.14 ships plotly.js (and MathJax) in the crate
+//! (`Plot::offline_js_sources`); the report inlines them once, so `report.html` opens offline in any
+//! browser (≈ 7 MB per report); [`PlotlyJs::Cdn`] links the CDN instead. Figures are added with
+//! `Plot::to_inline_html`.
+
+use crate::error::{Result, RlhfError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The git state of the code that ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GitInfo {
+    /// `git rev-parse HEAD`, if the project root is a git checkout.
+    pub commit: Option<String>,
+    /// Whether tracked files differ from `HEAD` (`git status --porcelain --untracked-files=no`).
+    pub dirty: Option<bool>,
+}
+
+/// Versions of the code and of libtorch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versions {
+    pub rlhf_lab: String,
+    pub tch: String,
+    /// libtorch version (from `version.py` / `build-version` of the libtorch in use), if found.
+    pub torch: Option<String>,
+}
+
+/// A data file and its SHA-256 (pinned in `datasets/cache/MANIFEST.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFile {
+    pub path: String,
+    pub sha256: String,
+}
+
+/// What a run was: written as `manifest.json` in the run directory at the start (with `finished_at`
+/// empty) and again at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunManifest {
+    /// Run name (the directory name under `reports/`).
+    pub run: String,
+    /// What kind of run (`sft`, …).
+    pub kind: String,
+    /// The config file it was started with, if any.
+    pub config_file: Option<String>,
+    /// The full, resolved configuration.
+    pub config: serde_json::Value,
+    pub git: GitInfo,
+    pub versions: Versions,
+    /// Data files used and their pinned checksums.
+    pub data: Vec<DataFile>,
+    /// Further digests of the data actually used (e.g. SHA-256 of each split's texts).
+    pub data_digests: serde_json::Map<String, serde_json::Value>,
+    pub seed: i64,
+    /// `cpu`, `cuda:0`, …
+    pub device: String,
+    /// libtorch intra-op threads.
+    pub threads: i64,
+    /// Logical CPU cores of the host.
+    pub host_cores: usize,
+    /// Hostname, if known.
+    pub host: Option<String>,
+    /// UTC start time (RFC 3339) of this process.
+    pub started_at: String,
+    /// UTC end time, once finished.
+    pub finished_at: Option<String>,
+    /// Steps this process resumed from (empty for a fresh run), in order of the resumes of the run.
+    pub resumed_from: Vec<u64>,
+    /// Results (final losses, throughput, wall time, …), free-form per kind.
+    pub results: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RunManifest {
+    /// A manifest for a run starting now: git state, versions, host facts and start time filled in.
+    pub fn new(
+        run: &str,
+        kind: &str,
+        config: serde_json::Value,
+        seed: i64,
+        device: tch::Device,
+    ) -> Self {
+        RunManifest {
+            run: run.into(),
+            kind: kind.into(),
+            config_file: None,
+            config,
+            git: git_info(&crate::io::project_root()),
+            versions: versions(),
+            data: Vec::new(),
+            data_digests: serde_json::Map::new(),
+            seed,
+            device: device_name(device),
+            threads: tch::get_num_threads() as i64,
+            host_cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string()),
+            started_at: utc_now(),
+            finished_at: None,
+            resumed_from: Vec::new(),
+            results: serde_json::Map::new(),
+        }
+    }
+
+    /// Writes the manifest as pretty JSON (atomic).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        crate::io::write_json(path, self)
+    }
+}
+
+/// `cpu` / `cuda:N` / `mps` / `vulkan`.
+pub fn device_name(d: tch::Device) -> String {
+    match d {
+        tch::Device::Cpu => "cpu".into(),
+        tch::Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn git(repo: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Commit and dirty flag of the git checkout at `repo` (both `None` outside git).
+pub fn git_info(repo: &Path) -> GitInfo {
+    let commit = git(repo, &["rev-parse", "HEAD"]);
+    let dirty = commit
+        .as_ref()
+        .and_then(|_| git(repo, &["status", "--porcelain", "--untracked-files=no"]))
+        .map(|s| !s.is_empty());
+    GitInfo { commit, dirty }
+}
+
+/// Crate, tch and libtorch versions.
+pub fn versions() -> Versions {
+    Versions {
+        rlhf_lab: env!("CARGO_PKG_VERSION").into(),
+        // Pinned `tch = "=0.24.0"` in Cargo.toml.
+        tch: "0.24.0".into(),
+        torch: torch_version(),
+    }
+}
+
+/// The libtorch version, read from the libtorch directory in use: `$LIBTORCH` at run time, the
+/// `LIBTORCH` the crate was built against, or a parent of an `LD_LIBRARY_PATH` entry. A PyTorch wheel
+/// has `version.py` (`__version__ = '2.11.0+cpu'`); the C++ distribution has `build-version`.
+pub fn torch_version() -> Option<String> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("LIBTORCH") {
+        dirs.push(d.into());
+    }
+    if let Some(d) = option_env!("LIBTORCH") {
+        dirs.push(d.into());
+    }
+    if let Some(p) = std::env::var_os("LD_LIBRARY_PATH") {
+        for d in std::env::split_paths(&p) {
+            if let Some(parent) = d.parent() {
+                dirs.push(parent.to_path_buf());
+            }
+        }
+    }
+    for d in dirs {
+        if let Ok(s) = std::fs::read_to_string(d.join("version.py")) {
+            for line in s.lines() {
+                if let Some(rest) = line.strip_prefix("__version__") {
+                    let v = rest.trim_start_matches([' ', '=', ':']).trim();
+                    let v = v.trim_start_matches("str").trim_matches(['\'', '"', ' ']);
+                    if !v.is_empty() {
+                        return Some(v.to_string());
+                    }
+                }
+            }
+        }
+        if let Ok(s) = std::fs::read_to_string(d.join("build-version")) {
+            return Some(s.trim().to_string());
+        }
+    }
+    None
+}
+
+/// Pinned checksums of `files` (paths relative to the data directory) from the data directory's
+/// `MANIFEST.json` (written by `datasets/fetch.py`, verified at fetch time). A file not listed there
+/// is hashed now.
+pub fn data_checksums(data_dir: &Path, files: &[&str]) -> Result<Vec<DataFile>> {
+    let manifest_path = data_dir.join("MANIFEST.json");
+    let pinned: std::collections::HashMap<String, String> = if manifest_path.is_file() {
+        let v: serde_json::Value = crate::io::read_json(&manifest_path)?;
+        v["sources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["files"].as_object())
+            .flat_map(|f| {
+                f.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|h| (k.clone(), h.to_string())))
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
+    files
+        .iter()
+        .map(|f| {
+            let sha256 = match pinned.get(*f) {
+                Some(h) => h.clone(),
+                None => crate::io::sha256_file(data_dir.join(f))?,
+            };
+            Ok(DataFile {
+                path: f.to_string(),
+                sha256,
+            })
+        })
+        .collect()
+}
+
+/// SHA-256 of a list of texts (each followed by a NUL byte, so `["ab"]` ≠ `["a", "b"]`).
+pub fn texts_sha256(texts: &[String]) -> String {
+    let mut bytes = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum());
+    for t in texts {
+        bytes.extend_from_slice(t.as_bytes());
+        bytes.push(0);
+    }
+    crate::io::sha256_bytes(&bytes)
+}
+
+/// Current UTC time as RFC 3339 (`2026-11-28T05:47:58Z`).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC, via Hinnant's `civil_from_days`
+/// (<https://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+/// Writes a polars `DataFrame` as CSV (header row, nulls as empty fields), atomically.
+pub fn write_csv(path: impl AsRef<Path>, df: &mut polars::prelude::DataFrame) -> Result<()> {
+    use polars::prelude::{CsvWriter, SerWriter};
+    let path = path.as_ref();
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf)
+        .include_header(true)
+        .finish(df)
+        .map_err(|e| RlhfError::format(path, "CSV table", e))?;
+    crate::io::atomic_write(path, &buf)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Where the report's plotly.js comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlotlyJs {
+    /// Inlined from the `plotly` crate (`Plot::offline_js_sources`): works offline, ≈ 7 MB.
+    #[default]
+    Inline,
+    /// `<script src>` tags to the plotly/MathJax CDNs (`Plot::online_cdn_js`): small, needs a network.
+    Cdn,
+}
+
+/// A standalone HTML page: title, the plotly figures, optional notes (plain text), and the manifest
+/// as pretty JSON.
+pub fn html_report(
+    title: &str,
+    figures: &[(&str, &plotly::Plot)],
+    notes: &[String],
+    manifest: &RunManifest,
+    js: PlotlyJs,
+) -> Result<String> {
+    let manifest_json = serde_json::to_string_pretty(manifest)
+        .map_err(|e| RlhfError::format("manifest", "JSON value", e))?;
+    let mut body = String::new();
+    for (i, (caption, plot)) in figures.iter().enumerate() {
+        body.push_str(&format!("<h2>{}</h2>\n", html_escape(caption)));
+        body.push_str(&plot.to_inline_html(Some(&format!("figure-{i}"))));
+        body.push('\n');
+    }
+    if !notes.is_empty() {
+        body.push_str("<h2>Summary</h2>\n<ul>\n");
+        for n in notes {
+            body.push_str(&format!("<li>{}</li>\n", html_escape(n)));
+        }
+        body.push_str("</ul>\n");
+    }
+    Ok(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n\
+         {js}\n<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>\n\
+         </head>\n<body>\n<h1>{t}</h1>\n{body}<h2>Manifest</h2>\n<pre>{m}</pre>\n</body>\n</html>\n",
+        t = html_escape(title),
+        js = match js {
+            PlotlyJs::Inline => plotly::Plot::offline_js_sources(),
+            PlotlyJs::Cdn => plotly::Plot::online_cdn_js(),
+        },
+        m = html_escape(&manifest_json),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_format() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_795_845_599), "2026-11-28T05:59:59Z");
+    }
+
+    #[test]
+    fn texts_digest_separates_items() {
+        assert_ne!(
+            texts_sha256(&["ab".into()]),
+            texts_sha256(&["a".into(), "b".into()])
+        );
+    }
+}
