@@ -164,6 +164,15 @@ pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
             reason: "give at least one prompt".into(),
         });
     }
+    // Sampling settings are checked before the model is loaded (ids are set from its tokenizer).
+    let mut cfg = GenerationConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        ..GenerationConfig::new(args.max_new_tokens, 0, 1)
+    };
+    cfg.validate()?;
     tch::set_num_threads(args.threads.max(1));
     let start = std::time::Instant::now();
     let (model, tok, chat, _vs) = load_model(&args)?;
@@ -179,13 +188,8 @@ pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
             }
         })
         .collect::<Result<_>>()?;
-    let cfg = GenerationConfig {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-        ..GenerationConfig::new(args.max_new_tokens, tok.eos_id(), tok.pad_id())
-    };
+    cfg.eos_id = tok.eos_id();
+    cfg.pad_id = tok.pad_id();
     let t0 = std::time::Instant::now();
     let out = tch::no_grad(|| generate(model.as_ref(), &prompts, &cfg))?;
     let gen_s = t0.elapsed().as_secs_f64();
