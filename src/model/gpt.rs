@@ -114,6 +114,18 @@ fn default_activation() -> String {
 /// Activation names accepted (both are `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`).
 const ACTIVATIONS: [&str; 2] = ["gelu_new", "gelu_pytorch_tanh"];
 
+/// Reads a JSON config file: a missing file is [`RlhfError::Io`], bad JSON or a field of the wrong
+/// type/name is [`RlhfError::Config`] naming the file. Returns the value and the file name.
+fn read_config_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| RlhfError::io(path, e))?;
+    let source = path.display().to_string();
+    let value = serde_json::from_str(&text).map_err(|e| RlhfError::Config {
+        source_name: source.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok((value, source))
+}
+
 impl GptConfig {
     /// A config with HF defaults for everything but the sizes, and dropout off.
     pub fn new(vocab_size: i64, n_positions: i64, n_embd: i64, n_layer: i64, n_head: i64) -> Self {
@@ -221,13 +233,7 @@ impl GptConfig {
     /// file is [`RlhfError::Io`]; bad JSON, an unknown or mistyped field, or an invalid value is
     /// [`RlhfError::Config`] naming the file.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| RlhfError::io(path, e))?;
-        let source = path.display().to_string();
-        let cfg: GptConfig = serde_json::from_str(&text).map_err(|e| RlhfError::Config {
-            source_name: source.clone(),
-            reason: e.to_string(),
-        })?;
+        let (cfg, source): (GptConfig, String) = read_config_json(path.as_ref())?;
         cfg.validate_as(&source)?;
         Ok(cfg)
     }
@@ -239,13 +245,7 @@ impl GptConfig {
     /// `add_cross_attention = true`, `tie_word_embeddings = false`, a `model_type` other than `gpt2`.
     /// (`reorder_and_upcast_attn` only changes f16 numerics and is ignored.)
     pub fn from_hf_config_json(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| RlhfError::io(path, e))?;
-        let source = path.display().to_string();
-        let hf: HfGpt2Config = serde_json::from_str(&text).map_err(|e| RlhfError::Config {
-            source_name: source.clone(),
-            reason: e.to_string(),
-        })?;
+        let (hf, source): (HfGpt2Config, String) = read_config_json(path.as_ref())?;
         let bad = |reason: &str| {
             Err(RlhfError::Config {
                 source_name: source.clone(),
