@@ -25,8 +25,11 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         .tempfile_in(&dir)
         .map_err(|e| RlhfError::io(&dir, e))?;
     tmp.write_all(bytes).map_err(|e| RlhfError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| RlhfError::io(path, e))?;
-    tmp.persist(path).map_err(|e| RlhfError::io(path, e.error))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| RlhfError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| RlhfError::io(path, e.error))?;
     sync_dir(&dir);
     Ok(())
 }
@@ -59,11 +62,19 @@ pub fn save_tensors(path: impl AsRef<Path>, named: &[(String, Tensor)]) -> Resul
         .map_err(|e| RlhfError::io(&dir, e))?;
     let cpu: Vec<(String, Tensor)> = named
         .iter()
-        .map(|(n, t)| (n.clone(), t.detach().to_device(tch::Device::Cpu).contiguous()))
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.detach().to_device(tch::Device::Cpu).contiguous(),
+            )
+        })
         .collect();
     Tensor::write_safetensors(&cpu, tmp.path())?;
-    tmp.as_file().sync_all().map_err(|e| RlhfError::io(path, e))?;
-    tmp.persist(path).map_err(|e| RlhfError::io(path, e.error))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| RlhfError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| RlhfError::io(path, e.error))?;
     sync_dir(&dir);
     Ok(())
 }
