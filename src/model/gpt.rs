@@ -39,7 +39,7 @@
 
 use crate::check;
 use crate::error::{Result, RlhfError};
-use crate::model::{CausalLm, KvCache};
+use crate::model::{validate_forward_inputs, CausalLm, KvCache};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -634,15 +634,6 @@ pub struct Gpt {
     score_head: ScalarHead,
 }
 
-/// Inputs after validation, on the model's device.
-struct Inputs {
-    input_ids: Tensor,    // (B, T) int64
-    position_ids: Tensor, // (B, T) int64
-    key_mask: Tensor,     // (B, T_past + T) bool
-    all_real: bool,       // no zero in the mask
-    t_past: i64,
-}
-
 impl Gpt {
     /// Creates the parameters under `vs` with GPT-2 initialisation (HF `GPT2PreTrainedModel.
     /// _init_weights`): embeddings and projections `N(0, 0.02²)`, the two residual projections
@@ -683,122 +674,6 @@ impl Gpt {
         &self.cfg
     }
 
-    /// Validates `input_ids` `(B, T)` integer in `[0, V)`, `attention_mask` `(B, T_past + T)` 0/1,
-    /// `position_ids` `(B, T)` integer in `[0, n_positions)`, the cache (layers, batch, length) and
-    /// `T_past + T ≤ n_positions`; moves everything to the model's device.
-    fn validate_inputs(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        position_ids: &Tensor,
-        cache: Option<&KvCache>,
-    ) -> Result<Inputs> {
-        check::integer("input_ids", input_ids)?;
-        check::ndim("input_ids", input_ids, 2, "(B, T)")?;
-        let (b, t) = input_ids.size2()?;
-        if b == 0 || t == 0 {
-            return Err(RlhfError::Shape {
-                arg: "input_ids".into(),
-                got: vec![b, t],
-                expected: "(B, T) with B ≥ 1 and T ≥ 1".into(),
-            });
-        }
-        let ids = input_ids.to_device(self.device).to_kind(Kind::Int64);
-        let (lo, hi) = (ids.min().int64_value(&[]), ids.max().int64_value(&[]));
-        if lo < 0 || hi >= self.cfg.vocab_size {
-            let bad = if lo < 0 { lo } else { hi };
-            return Err(RlhfError::OutOfRange {
-                arg: "input_ids".into(),
-                value: bad as f64,
-                range: format!("a token id in [0, {}) (vocab_size)", self.cfg.vocab_size),
-            });
-        }
-
-        let t_past = match cache {
-            None => 0,
-            Some(c) => {
-                if c.layers.len() != self.blocks.len() {
-                    return Err(RlhfError::Invalid {
-                        arg: "cache".into(),
-                        reason: format!(
-                            "has {} layers, the model has {}",
-                            c.layers.len(),
-                            self.blocks.len()
-                        ),
-                    });
-                }
-                if let Some(Some((k, _))) = c.layers.first() {
-                    if k.size()[0] != b {
-                        return Err(RlhfError::Shape {
-                            arg: "cache".into(),
-                            got: k.size(),
-                            expected: format!("(B = {b}, H, T_past, D) (batch of `input_ids`)"),
-                        });
-                    }
-                }
-                c.len()
-            }
-        };
-        let t_total = t_past + t;
-        if t_total > self.cfg.n_positions {
-            return Err(RlhfError::OutOfRange {
-                arg: "input_ids".into(),
-                value: t_total as f64,
-                range: format!(
-                    "T_past + T ≤ n_positions = {} (T_past = {t_past}, T = {t})",
-                    self.cfg.n_positions
-                ),
-            });
-        }
-
-        if attention_mask.size() != [b, t_total] {
-            return Err(RlhfError::Shape {
-                arg: "attention_mask".into(),
-                got: attention_mask.size(),
-                expected: format!("(B, T_past + T) = [{b}, {t_total}]"),
-            });
-        }
-        let mask = attention_mask.to_device(self.device);
-        let key_mask = if mask.kind() == Kind::Bool {
-            mask
-        } else {
-            let binary = mask.eq(0).logical_or(&mask.eq(1)).all().int64_value(&[]) == 1;
-            if !binary {
-                return Err(RlhfError::NonBinaryMask {
-                    arg: "attention_mask".into(),
-                });
-            }
-            mask.ne(0)
-        };
-        let all_real = key_mask.all().int64_value(&[]) == 1;
-
-        check::integer("position_ids", position_ids)?;
-        if position_ids.size() != [b, t] {
-            return Err(RlhfError::Shape {
-                arg: "position_ids".into(),
-                got: position_ids.size(),
-                expected: format!("(B, T) = [{b}, {t}] (the shape of `input_ids`)"),
-            });
-        }
-        let pos = position_ids.to_device(self.device).to_kind(Kind::Int64);
-        let (lo, hi) = (pos.min().int64_value(&[]), pos.max().int64_value(&[]));
-        if lo < 0 || hi >= self.cfg.n_positions {
-            let bad = if lo < 0 { lo } else { hi };
-            return Err(RlhfError::OutOfRange {
-                arg: "position_ids".into(),
-                value: bad as f64,
-                range: format!("[0, {}) (n_positions)", self.cfg.n_positions),
-            });
-        }
-        Ok(Inputs {
-            input_ids: ids,
-            position_ids: pos,
-            key_mask,
-            all_real,
-            t_past,
-        })
-    }
-
     /// Final hidden states `(B, T, C)` (after `ln_f`) for `input_ids` `(B, T)`, `attention_mask`
     /// `(B, T_past + T)` and `position_ids` `(B, T)` (see the module docs). With a cache, attention
     /// also covers its `T_past` positions and the new keys/values are appended (they keep their
@@ -811,8 +686,16 @@ impl Gpt {
         mut cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let inp =
-            self.validate_inputs(input_ids, attention_mask, position_ids, cache.as_deref())?;
+        let inp = validate_forward_inputs(
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache.as_deref(),
+            self.blocks.len(),
+            self.cfg.vocab_size,
+            self.cfg.n_positions,
+            self.device,
+        )?;
         let t = inp.input_ids.size()[1];
         let tok = Tensor::f_embedding(&self.wte, &inp.input_ids, -1, false, false)?; // (B, T, C)
         let pos = Tensor::f_embedding(&self.wpe, &inp.position_ids, -1, false, false)?; // (B, T, C)

@@ -29,7 +29,7 @@
 //! `train` has no effect.
 
 use super::gguf::{self, GgufFile};
-use super::{CausalLm, KvCache};
+use super::{validate_forward_inputs, CausalLm, KvCache};
 use crate::error::{Result, RlhfError};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -329,107 +329,6 @@ impl Llama {
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
     }
-
-    /// Checks shapes, dtypes and ranges of a forward call; returns `(B, T, T_past)`.
-    fn validate(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        position_ids: &Tensor,
-        cache: Option<&KvCache>,
-    ) -> Result<(i64, i64, i64)> {
-        let shape_err = |arg: &str, t: &Tensor, expected: String| RlhfError::Shape {
-            arg: arg.into(),
-            got: t.size(),
-            expected,
-        };
-        let int = |arg: &str, t: &Tensor| -> Result<()> {
-            if t.kind() != Kind::Int64 {
-                return Err(RlhfError::Dtype {
-                    arg: arg.into(),
-                    got: format!("{:?}", t.kind()),
-                    expected: "Int64".into(),
-                });
-            }
-            Ok(())
-        };
-        int("input_ids", input_ids)?;
-        int("position_ids", position_ids)?;
-        let (b, t) = match input_ids.size().as_slice() {
-            &[b, t] if b > 0 && t > 0 => (b, t),
-            _ => {
-                return Err(shape_err(
-                    "input_ids",
-                    input_ids,
-                    "(B, T) with B, T ≥ 1".into(),
-                ))
-            }
-        };
-        let past = cache.map_or(0, KvCache::len);
-        if let Some(c) = cache {
-            if c.layers.len() != self.cfg.n_layer {
-                return Err(RlhfError::Invalid {
-                    arg: "cache".into(),
-                    reason: format!(
-                        "has {} layers, the model {}",
-                        c.layers.len(),
-                        self.cfg.n_layer
-                    ),
-                });
-            }
-            if let Some(Some((k, _))) = c.layers.first() {
-                if k.size()[0] != b {
-                    return Err(RlhfError::Invalid {
-                        arg: "cache".into(),
-                        reason: format!("holds {} rows, input_ids has {b}", k.size()[0]),
-                    });
-                }
-            }
-        }
-        if attention_mask.size() != [b, past + t] {
-            return Err(shape_err(
-                "attention_mask",
-                attention_mask,
-                format!("(B, T_past + T) = ({b}, {})", past + t),
-            ));
-        }
-        if attention_mask.is_floating_point() {
-            return Err(RlhfError::Dtype {
-                arg: "attention_mask".into(),
-                got: format!("{:?}", attention_mask.kind()),
-                expected: "an integer or bool 0/1 mask".into(),
-            });
-        }
-        let m = attention_mask.to_kind(Kind::Int64);
-        if m.ne(0).logical_and(&m.ne(1)).any().int64_value(&[]) != 0 {
-            return Err(RlhfError::NonBinaryMask {
-                arg: "attention_mask".into(),
-            });
-        }
-        if position_ids.size() != [b, t] {
-            return Err(shape_err(
-                "position_ids",
-                position_ids,
-                format!("({b}, {t})"),
-            ));
-        }
-        let range = |arg: &str, x: &Tensor, hi: i64| -> Result<()> {
-            let (lo_v, hi_v) = (x.min().int64_value(&[]), x.max().int64_value(&[]));
-            for v in [lo_v, hi_v] {
-                if v < 0 || v >= hi {
-                    return Err(RlhfError::OutOfRange {
-                        arg: arg.into(),
-                        value: v as f64,
-                        range: format!("in [0, {hi})"),
-                    });
-                }
-            }
-            Ok(())
-        };
-        range("input_ids", input_ids, self.cfg.vocab_size)?;
-        range("position_ids", position_ids, self.cfg.max_positions)?;
-        Ok((b, t, past))
-    }
 }
 
 impl CausalLm for Llama {
@@ -457,16 +356,24 @@ impl CausalLm for Llama {
         mut cache: Option<&mut KvCache>,
         _train: bool,
     ) -> Result<Tensor> {
-        let (b, t, past) =
-            self.validate(input_ids, attention_mask, position_ids, cache.as_deref())?;
         let dev = self.device();
+        let inp = validate_forward_inputs(
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache.as_deref(),
+            self.cfg.n_layer,
+            self.cfg.vocab_size,
+            self.cfg.max_positions,
+            dev,
+        )?;
+        let (b, t, past) = (inp.batch, inp.t, inp.t_past);
         let cfg = &self.cfg;
         let (h, hkv, d, c) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.hidden_size);
         let s = past + t;
-        let input_ids = input_ids.to_device(dev);
-        let position_ids = position_ids.to_device(dev);
+        let (input_ids, position_ids) = (&inp.input_ids, &inp.position_ids);
         // Visible keys (B, 1, T, S): not padding, and key j ≤ query position T_past + i.
-        let key_ok = attention_mask.to_device(dev).ne(0).view([b, 1, 1, s]);
+        let key_ok = inp.key_mask.view([b, 1, 1, s]);
         let kpos = Tensor::arange(s, (Kind::Int64, dev)).view([1, s]);
         let qpos = (Tensor::arange(t, (Kind::Int64, dev)) + past).view([t, 1]);
         let causal = kpos.le_tensor(&qpos).view([1, 1, t, s]);
@@ -478,7 +385,7 @@ impl CausalLm for Llama {
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
         let scale = 1.0 / (d as f64).sqrt();
 
-        let mut x = Tensor::embedding(&self.embed, &input_ids, -1, false, false); // (B, T, C)
+        let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false); // (B, T, C)
         for (l, layer) in self.layers.iter().enumerate() {
             let hn = rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps);
             let q = hn

@@ -124,3 +124,154 @@ pub fn left_pad(seqs: &[Vec<i64>], pad_id: i64, device: Device) -> Result<LeftPa
 pub fn position_ids_from_mask(attention_mask: &Tensor) -> Tensor {
     (attention_mask.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1).clamp_min(0)
 }
+
+/// The inputs of a [`CausalLm::forward`] after [`validate_forward_inputs`]: moved to the model's device,
+/// with the shapes they were checked against.
+#[derive(Debug)]
+pub struct ForwardInputs {
+    /// `(B, T)` int64, every id in `[0, V)`.
+    pub input_ids: Tensor,
+    /// `(B, T)` int64, every position in `[0, max_positions)`.
+    pub position_ids: Tensor,
+    /// `(B, T_past + T)` bool: which keys (cached and new) are real tokens.
+    pub key_mask: Tensor,
+    /// True when the mask has no zero (no padding anywhere).
+    pub all_real: bool,
+    /// Batch size `B`.
+    pub batch: i64,
+    /// New tokens `T`.
+    pub t: i64,
+    /// Cached positions `T_past` (0 without a cache).
+    pub t_past: i64,
+}
+
+/// The one input check of every [`CausalLm::forward`] (the contract in this module's doc):
+/// `input_ids` `(B, T)` int64 in `[0, vocab_size)` with `B, T ≥ 1`; a cache with `n_layer` layers of
+/// `B` rows; `T_past + T ≤ max_positions`; `attention_mask` `(B, T_past + T)` bool or integer 0/1;
+/// `position_ids` `(B, T)` int64 in `[0, max_positions)`. Errors name the argument; nothing panics.
+#[allow(clippy::too_many_arguments)]
+pub fn validate_forward_inputs(
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    position_ids: &Tensor,
+    cache: Option<&KvCache>,
+    n_layer: usize,
+    vocab_size: i64,
+    max_positions: i64,
+    device: Device,
+) -> Result<ForwardInputs> {
+    let int64 = |arg: &str, t: &Tensor| -> Result<()> {
+        if t.kind() != Kind::Int64 {
+            return Err(RlhfError::Dtype {
+                arg: arg.into(),
+                got: format!("{:?}", t.kind()),
+                expected: "Int64".into(),
+            });
+        }
+        Ok(())
+    };
+    let in_range = |arg: &str, x: &Tensor, hi: i64, what: &str| -> Result<()> {
+        let (lo_v, hi_v) = (x.min().int64_value(&[]), x.max().int64_value(&[]));
+        if lo_v < 0 || hi_v >= hi {
+            return Err(RlhfError::OutOfRange {
+                arg: arg.into(),
+                value: (if lo_v < 0 { lo_v } else { hi_v }) as f64,
+                range: format!("in [0, {hi}) ({what})"),
+            });
+        }
+        Ok(())
+    };
+
+    int64("input_ids", input_ids)?;
+    let (b, t) = match input_ids.size().as_slice() {
+        &[b, t] if b > 0 && t > 0 => (b, t),
+        _ => {
+            return Err(RlhfError::Shape {
+                arg: "input_ids".into(),
+                got: input_ids.size(),
+                expected: "(B, T) with B ≥ 1 and T ≥ 1".into(),
+            })
+        }
+    };
+    let ids = input_ids.to_device(device);
+    in_range("input_ids", &ids, vocab_size, "vocab_size")?;
+
+    let t_past = match cache {
+        None => 0,
+        Some(c) => {
+            if c.layers.len() != n_layer {
+                return Err(RlhfError::Invalid {
+                    arg: "cache".into(),
+                    reason: format!("has {} layers, the model has {n_layer}", c.layers.len()),
+                });
+            }
+            if let Some(Some((k, _))) = c.layers.first() {
+                if k.size()[0] != b {
+                    return Err(RlhfError::Shape {
+                        arg: "cache".into(),
+                        got: k.size(),
+                        expected: format!("(B = {b}, H, T_past, D) (batch of `input_ids`)"),
+                    });
+                }
+            }
+            c.len()
+        }
+    };
+    let t_total = t_past + t;
+    if t_total > max_positions {
+        return Err(RlhfError::OutOfRange {
+            arg: "input_ids".into(),
+            value: t_total as f64,
+            range: format!(
+                "T_past + T ≤ max_positions = {max_positions} (T_past = {t_past}, T = {t})"
+            ),
+        });
+    }
+
+    if attention_mask.size() != [b, t_total] {
+        return Err(RlhfError::Shape {
+            arg: "attention_mask".into(),
+            got: attention_mask.size(),
+            expected: format!("(B, T_past + T) = [{b}, {t_total}]"),
+        });
+    }
+    if attention_mask.is_floating_point() {
+        return Err(RlhfError::Dtype {
+            arg: "attention_mask".into(),
+            got: format!("{:?}", attention_mask.kind()),
+            expected: "a bool or integer 0/1 mask".into(),
+        });
+    }
+    let mask = attention_mask.to_device(device);
+    let key_mask = if mask.kind() == Kind::Bool {
+        mask
+    } else {
+        if mask.ne(0).logical_and(&mask.ne(1)).any().int64_value(&[]) != 0 {
+            return Err(RlhfError::NonBinaryMask {
+                arg: "attention_mask".into(),
+            });
+        }
+        mask.ne(0)
+    };
+    let all_real = key_mask.all().int64_value(&[]) == 1;
+
+    int64("position_ids", position_ids)?;
+    if position_ids.size() != [b, t] {
+        return Err(RlhfError::Shape {
+            arg: "position_ids".into(),
+            got: position_ids.size(),
+            expected: format!("(B, T) = [{b}, {t}] (the shape of `input_ids`)"),
+        });
+    }
+    let pos = position_ids.to_device(device);
+    in_range("position_ids", &pos, max_positions, "max_positions")?;
+    Ok(ForwardInputs {
+        input_ids: ids,
+        position_ids: pos,
+        key_mask,
+        all_real,
+        batch: b,
+        t,
+        t_past,
+    })
+}
