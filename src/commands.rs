@@ -15,7 +15,7 @@ use rlhf_lab::reward::{compare_on_test, SentimentScorer};
 use rlhf_lab::tokenizer::Tokenizer;
 use rlhf_lab::{Result, RlhfError};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::Device;
 
 fn reports_dir(name: &str) -> PathBuf {
@@ -93,10 +93,10 @@ pub fn reward_train(out: Option<PathBuf>, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// `rlhf-lab reward score`: ground-truth scores of texts under the saved classifier and VADER.
-pub fn reward_score(model_dir: Option<PathBuf>, texts: &[String]) -> Result<()> {
-    let model_dir = model_dir.unwrap_or_else(|| reports_dir("reward").join("model"));
-    let clf = BowClassifier::load(&model_dir).map_err(|e| match e {
+/// Ground-truth scores of `texts` under the saved classifier (logit of P(positive)) and VADER
+/// (compound), one `(scorer name, scores)` per scorer.
+fn ground_truth_scores(model_dir: &Path, texts: &[&str]) -> Result<Vec<(String, Vec<f32>)>> {
+    let clf = BowClassifier::load(model_dir).map_err(|e| match e {
         RlhfError::Io { path, reason } => RlhfError::Io {
             path,
             reason: format!("{reason} (train it first: `rlhf-lab reward train`)"),
@@ -104,13 +104,34 @@ pub fn reward_score(model_dir: Option<PathBuf>, texts: &[String]) -> Result<()> 
         other => other,
     })?;
     let vader = Vader::load(&data_dir())?;
+    [&clf as &dyn SentimentScorer, &vader]
+        .iter()
+        .map(|s| {
+            Ok((
+                s.name().to_string(),
+                Vec::<f32>::try_from(&s.score(texts)?)?,
+            ))
+        })
+        .collect()
+}
+
+/// `rlhf-lab reward score`: ground-truth scores of texts under the saved classifier and VADER.
+pub fn reward_score(model_dir: Option<PathBuf>, texts: &[String]) -> Result<()> {
+    let model_dir = model_dir.unwrap_or_else(default_classifier_dir);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let a = Vec::<f32>::try_from(&clf.score(&refs)?)?;
-    let b = Vec::<f32>::try_from(&vader.score(&refs)?)?;
-    for ((t, x), y) in texts.iter().zip(a).zip(b) {
-        println!("{}", json!({ "text": t, clf.name(): x, vader.name(): y }));
+    let scores = ground_truth_scores(&model_dir, &refs)?;
+    for (i, t) in texts.iter().enumerate() {
+        let mut line = json!({ "text": t });
+        for (name, s) in &scores {
+            line[name] = json!(s[i]);
+        }
+        println!("{line}");
     }
     Ok(())
+}
+
+fn default_classifier_dir() -> PathBuf {
+    reports_dir("reward").join("model")
 }
 
 /// Flags of `rlhf-lab generate`.
@@ -195,19 +216,16 @@ pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
     let gen_s = t0.elapsed().as_secs_f64();
     let texts = out.texts(&tok)?;
     let lengths = Vec::<i64>::try_from(&out.response_lengths.to_device(Device::Cpu))?;
-    let scorers: Option<(BowClassifier, Vader)> = if args.score {
-        Some((
-            BowClassifier::load(&reports_dir("reward").join("model"))?,
-            Vader::load(&data_dir())?,
-        ))
+    let scores = if args.score {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        ground_truth_scores(&default_classifier_dir(), &refs)?
     } else {
-        None
+        Vec::new()
     };
     for (i, (p, t)) in args.prompts.iter().zip(&texts).enumerate() {
         let mut line = json!({ "prompt": p, "response": t, "tokens": lengths[i] });
-        if let Some((clf, vader)) = &scorers {
-            line["bow-logreg"] = json!(clf.score(&[t.as_str()])?.double_value(&[0]));
-            line["vader"] = json!(vader.compound(t));
+        for (name, s) in &scores {
+            line[name] = json!(s[i]);
         }
         println!("{line}");
     }
