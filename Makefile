@@ -1,31 +1,44 @@
 # rlhf-lab — the two commands of the README:
-#   make demo   set-up (idempotent, cached) + build + the main job (`rlhf-lab demo`)
-#   make test   set-up + every test (unit, snapshot, property, gradient, CLI) + every notebook, headless
+#   make demo   set-up (idempotent, cached) + build of the binary only + the main job (`rlhf-lab demo`)
+#   make test   full set-up (with the notebook kernel) + every test (unit, snapshot, property, gradient,
+#               CLI) + every notebook, headless
 # More targets:
 #   make notebooks   execute all notebooks in place (outputs + static SVGs, to commit) and export offline
 #                    HTML reports to reports/notebooks/
 #   make lab         open the notebooks in JupyterLab with the "Rust (rlhf-lab)" kernel
 # Nothing needs exporting: .cargo/config.toml points tch at .venv/libtorch, build.rs writes a RUNPATH, and
 # the kernel spec written by kernel/install.sh carries its own environment.
+#
+# The machine cache (scripts/cache.sh, default ~/.cache/rlhf-lab) holds what does not depend on the
+# checkout: the venv, the evcxr_jupyter binary, cargo's target dir and the notebooks' evcxr build dir. A
+# fresh clone on a machine that has built before reuses all four; a brand-new machine fills them once.
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+export RLHF_LAB_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rlhf-lab
+export CARGO_TARGET_DIR ?= $(RLHF_LAB_CACHE)/target
+# libtorch by its resolved path (the venv in the cache), so torch-sys is not rebuilt for every clone.
+CARGO_ENV = LIBTORCH="$$(readlink -f .venv/libtorch)"
 
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-notebooks notebooks lab bench clean-venv
+.PHONY: setup setup-core demo test test-notebooks notebooks lab bench clean-venv
 
-setup:
+# torch venv + data: all the main job needs.
+setup-core:
 	@bash scripts/setup.sh
 	@$(PY) datasets/fetch.py
+
+# + Jupyter and the evcxr kernel: what the notebooks and the test command need.
+setup: setup-core
 	@bash kernel/install.sh
 
-demo: setup
-	$(CARGO) run --release --quiet -- demo
+demo: setup-core
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- demo
 
 test: setup
-	$(CARGO) test --release --all-targets
-	$(CARGO) run --release --quiet -- demo > /dev/null
+	$(CARGO_ENV) $(CARGO) test --release --all-targets
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- demo > /dev/null
 	@bash scripts/check-snapshots.sh
 	$(PY) kernel/run_notebooks.py --self-test
 	$(PY) kernel/run_notebooks.py
@@ -40,10 +53,11 @@ notebooks: setup
 # Jupyter refuses to run as root without --allow-root (containers, CI boxes).
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: setup
-	.venv/bin/jupyter lab $(LAB_ARGS) notebooks/
+	env -u CARGO_TARGET_DIR .venv/bin/jupyter lab $(LAB_ARGS) notebooks/
 
-bench: setup
-	$(CARGO) bench --bench gae
+bench: setup-core
+	$(CARGO_ENV) $(CARGO) bench --bench gae
 
+# Removes this checkout's link to the venv (the cached venv stays; delete $(RLHF_LAB_CACHE) to drop it).
 clean-venv:
 	rm -rf .venv

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -187,6 +188,9 @@ def self_test(args) -> int:
 
 
 def main() -> int:
+    # The Makefile points cargo at the machine cache's target dir; evcxr runs cargo inside its own
+    # EVCXR_TMPDIR and looks for each cell's library there, so the kernels must not inherit it.
+    os.environ.pop("CARGO_TARGET_DIR", None)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
     ap.add_argument("--inplace", action="store_true", help="write executed notebooks back (to commit them)")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a project-local virtualenv holding torch==2.11.0 from PyPI (libtorch for tch 0.24),
-# plus a stable symlink `.venv/libtorch` that `.cargo/config.toml` points LIBTORCH at.
+# Idempotent set-up: a virtualenv holding torch==2.11.0 from PyPI (libtorch for tch 0.24), plus a stable
+# symlink `.venv/libtorch` that `.cargo/config.toml` points LIBTORCH at.
+# The venv itself lives in the machine's cache (scripts/cache.sh), keyed by the torch pin and the Python
+# version, and `.venv` is a symlink to it: a second clone on the same machine reuses it in a second.
 # Re-running is cheap: a stamp file records the installed pin and is checked before doing anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +10,15 @@ cd "$(dirname "$0")/.."
 TORCH_VERSION="2.11.0"
 PYTHON="${PYTHON:-python3}"
 VENV=".venv"
+source scripts/cache.sh
+PY_VERSION="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+CACHED_VENV="$RLHF_LAB_CACHE/venv-torch$TORCH_VERSION-py$PY_VERSION"
+# A checkout made before the cache existed keeps its own .venv directory; a fresh one links the cache's.
+if [ ! -e "$VENV" ]; then
+  mkdir -p "$CACHED_VENV"
+  ln -s "$CACHED_VENV" "$VENV"
+  echo "setup: $VENV -> $CACHED_VENV"
+fi
 STAMP="$VENV/.rlhf-lab-torch-$TORCH_VERSION"
 
 # Python packages the tests use as references (HF transformers for GPT-2 logits parity, gguf for reading
@@ -32,7 +43,8 @@ fi
 start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating virtualenv $VENV with $($PYTHON --version)"
-  "$PYTHON" -m venv "$VENV"
+  # Created at its resolved path, so its scripts' shebangs name the cache, not this checkout.
+  "$PYTHON" -m venv "$(cd "$VENV" && pwd -P)"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 echo "setup: pip install torch==$TORCH_VERSION (≈2.7 GB download, ≈4.7 GB installed)"

@@ -125,7 +125,48 @@ impl RlhfError {
     }
 }
 
+/// One-line constructors, so that a check reads as one line:
+/// `return Err(RlhfError::out_of_range("beta", beta, "> 0"));`
 impl RlhfError {
+    /// An [`RlhfError::Invalid`]: `arg` is wrong because `reason`.
+    pub fn invalid(arg: impl Into<String>, reason: impl Into<String>) -> Self {
+        RlhfError::Invalid {
+            arg: arg.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`RlhfError::OutOfRange`]: `arg` = `value` is not in `range` (e.g. `"> 0"`, `"in [0, 1)"`).
+    pub fn out_of_range(arg: impl Into<String>, value: f64, range: impl Into<String>) -> Self {
+        RlhfError::OutOfRange {
+            arg: arg.into(),
+            value,
+            range: range.into(),
+        }
+    }
+
+    /// An [`RlhfError::Shape`]: `arg` has shape `got`, not `expected`.
+    pub fn shape(arg: impl Into<String>, got: Vec<i64>, expected: impl Into<String>) -> Self {
+        RlhfError::Shape {
+            arg: arg.into(),
+            got,
+            expected: expected.into(),
+        }
+    }
+
+    /// The same error with its argument name qualified by a config section: `lr` → `optim.lr`.
+    pub fn in_section(self, section: &str) -> Self {
+        match self {
+            RlhfError::OutOfRange { arg, value, range } => {
+                RlhfError::out_of_range(format!("{section}.{arg}"), value, range)
+            }
+            RlhfError::Invalid { arg, reason } => {
+                RlhfError::invalid(format!("{section}.{arg}"), reason)
+            }
+            e => e,
+        }
+    }
+
     /// An [`RlhfError::Io`] for `path`, keeping the OS reason (`No such file or directory`, …).
     pub fn io(path: impl AsRef<std::path::Path>, e: impl std::fmt::Display) -> Self {
         RlhfError::Io {
@@ -144,16 +185,6 @@ impl RlhfError {
             path: path.as_ref().display().to_string(),
             what: what.to_string(),
             reason: reason.to_string(),
-        }
-    }
-}
-
-impl From<polars::error::PolarsError> for RlhfError {
-    fn from(e: polars::error::PolarsError) -> Self {
-        RlhfError::Format {
-            path: String::new(),
-            what: "table".into(),
-            reason: e.to_string(),
         }
     }
 }

@@ -7,33 +7,32 @@
 //!
 //! Stacks disagree on details; [`conventions`] names every such choice and ships presets that reproduce
 //! TRL, DeepSpeed-Chat, OpenRLHF and verl.
+//!
+//! See `ARCHITECTURE.md` for the layer map.
 
-pub mod advantages;
-pub mod check;
+// Foundation, used by every layer.
 pub mod error;
-pub mod kl;
-pub mod logprobs;
-pub mod masked;
-pub mod rewards;
-
-pub use error::{Result, RlhfError};
-pub mod calc;
-pub mod conventions;
-pub mod data;
-pub mod dpo;
-pub mod experience;
-pub mod generate;
 pub mod io;
-pub mod json;
+pub mod rng;
+
+// Layers, lowest first. A module imports only from its own layer and the ones above it in this list.
+pub mod cli;
+pub mod core;
+pub mod data;
+pub mod ground_truth;
 pub mod model;
 #[cfg(feature = "notebook")]
 pub mod notebook;
-pub mod ppo;
-pub mod report;
-pub mod reward;
-pub mod reward_model;
-pub mod rng;
-pub mod tokenizer;
 pub mod toy;
 pub mod train;
-pub mod worked_example;
+
+pub use error::{Result, RlhfError};
+
+// Short paths for notebooks and user code: `rlhf_lab::advantages::gae`, `rlhf_lab::generate::generate`, …
+pub use crate::core::{
+    advantages, check, conventions, dpo, experience, kl, kl_shaping, logprobs, masked, ppo,
+    reward_model,
+};
+pub use cli::calc;
+pub use model::{generate, tokenizer};
+pub use toy::worked_example;

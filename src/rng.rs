@@ -2,7 +2,7 @@
 //! pseudorandom number generators", OOPSLA; the `splitmix64` reference code of Vigna's xoshiro page).
 //!
 //! Everything in rlhf-lab that samples on the CPU — the toy PPO loop ([`crate::toy::ppo_loop`]) and
-//! [`crate::generate`], the SFT data order ([`crate::train::sft`]) — draws from this generator instead of libtorch's global one, so that a run is
+//! [`crate::model::generate`], the SFT data order ([`crate::train::sft`]) — draws from this generator instead of libtorch's global one, so that a run is
 //! reproducible bit for bit from its seed alone, whatever else in the process (parallel tests, another
 //! model's dropout) consumes torch's global RNG.
 

@@ -5,11 +5,11 @@ use common::*;
 use rlhf_lab::advantages::*;
 use rlhf_lab::dpo::*;
 use rlhf_lab::kl::*;
+use rlhf_lab::kl_shaping::*;
 use rlhf_lab::logprobs::*;
 use rlhf_lab::masked::*;
 use rlhf_lab::ppo::*;
 use rlhf_lab::reward_model::*;
-use rlhf_lab::rewards::*;
 use tch::{Device, Kind, Tensor};
 
 /// A public function under test, called for its panics only.

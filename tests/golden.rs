@@ -13,11 +13,11 @@ use rlhf_lab::advantages::{
 };
 use rlhf_lab::dpo::{dpo_loss, DpoConfig, DpoVariant, PairLogps};
 use rlhf_lab::kl::{kl_per_sequence, kl_per_token, KlConfig, KlEstimator};
+use rlhf_lab::kl_shaping::{kl_shaped_rewards, RewardShapingConfig, ScorePlacement};
 use rlhf_lab::logprobs::{entropy, sequence_log_probs, token_log_probs};
 use rlhf_lab::masked::{masked_mean, masked_var, masked_whiten, EmptyRows, LossAgg, WhitenConfig};
 use rlhf_lab::ppo::{policy_loss, value_loss, PolicyLossConfig, ValueLossConfig};
 use rlhf_lab::reward_model::{kwise_loss, pairwise_loss};
-use rlhf_lab::rewards::{kl_shaped_rewards, RewardShapingConfig, ScorePlacement};
 use serde_json::Value;
 use std::sync::OnceLock;
 use tch::{Kind, Tensor};

@@ -10,7 +10,7 @@ mod common;
 use common::max_abs_diff;
 use proptest::prelude::*;
 use rlhf_lab::model::gpt::{
-    attention, attention_allowed, last_real_index, save_checkpoint, Gpt, GptConfig,
+    attention, attention_allowed, last_real_index, save_model, Gpt, GptConfig,
 };
 use rlhf_lab::model::{left_pad, position_ids_from_mask, CausalLm, KvCache};
 use rlhf_lab::RlhfError;
@@ -398,9 +398,9 @@ fn checkpoint_round_trip_is_bit_identical() {
     let (vs, gpt) = tiny();
     let dir = tempdir();
     let ckpt = dir.path().join("ckpt");
-    save_checkpoint(&ckpt, &vs, gpt.config()).unwrap();
+    save_model(&ckpt, &vs, gpt.config()).unwrap();
     tch::manual_seed(123); // the loaded model must not depend on fresh init
-    let (_vs2, loaded) = Gpt::load_checkpoint(&ckpt, Device::Cpu).unwrap();
+    let (_vs2, loaded) = Gpt::load_model(&ckpt, Device::Cpu).unwrap();
     assert_eq!(loaded.config(), gpt.config());
     let (l1, v1, s1) = all_outputs(&gpt);
     let (l2, v2, s2) = all_outputs(&loaded);
@@ -424,7 +424,7 @@ fn broken_checkpoints_give_typed_errors() {
     let (vs, gpt) = tiny();
     let dir = tempdir();
     let ckpt = dir.path().join("ckpt");
-    save_checkpoint(&ckpt, &vs, gpt.config()).unwrap();
+    save_model(&ckpt, &vs, gpt.config()).unwrap();
     let weights = ckpt.join("model.safetensors");
     let config = ckpt.join("config.json");
     let good_bytes = std::fs::read(&weights).unwrap();
@@ -432,29 +432,29 @@ fn broken_checkpoints_give_typed_errors() {
 
     // Missing directory / missing file → Io with the path.
     let missing = dir.path().join("nope");
-    match Gpt::load_checkpoint(&missing, Device::Cpu) {
+    match Gpt::load_model(&missing, Device::Cpu) {
         Err(RlhfError::Io { path, .. }) => assert!(path.contains("nope")),
         other => panic!("missing dir: {other:?}"),
     }
     std::fs::remove_file(&weights).unwrap();
     assert!(matches!(
-        Gpt::load_checkpoint(&ckpt, Device::Cpu),
+        Gpt::load_model(&ckpt, Device::Cpu),
         Err(RlhfError::Io { .. })
     ));
 
     // Truncated safetensors → Format.
     std::fs::write(&weights, &good_bytes[..good_bytes.len() / 2]).unwrap();
     assert!(matches!(
-        Gpt::load_checkpoint(&ckpt, Device::Cpu),
+        Gpt::load_model(&ckpt, Device::Cpu),
         Err(RlhfError::Format { .. })
     ));
     std::fs::write(&weights, b"not a safetensors file").unwrap();
     assert!(matches!(
-        Gpt::load_checkpoint(&ckpt, Device::Cpu),
+        Gpt::load_model(&ckpt, Device::Cpu),
         Err(RlhfError::Format { .. })
     ));
     std::fs::write(&weights, &good_bytes).unwrap();
-    assert!(Gpt::load_checkpoint(&ckpt, Device::Cpu).is_ok());
+    assert!(Gpt::load_model(&ckpt, Device::Cpu).is_ok());
 
     // Bad configs → Config naming the file.
     for bad in [
@@ -464,7 +464,7 @@ fn broken_checkpoints_give_typed_errors() {
         "{ not json".to_string(),
     ] {
         std::fs::write(&config, &bad).unwrap();
-        match Gpt::load_checkpoint(&ckpt, Device::Cpu) {
+        match Gpt::load_model(&ckpt, Device::Cpu) {
             Err(RlhfError::Config { source_name, .. }) => {
                 assert!(source_name.contains("config.json"))
             }
@@ -478,7 +478,7 @@ fn broken_checkpoints_give_typed_errors() {
     )
     .unwrap();
     expect_format_naming(
-        Gpt::load_checkpoint(&ckpt, Device::Cpu).unwrap_err(),
+        Gpt::load_model(&ckpt, Device::Cpu).unwrap_err(),
         "transformer.wte.weight",
     );
     std::fs::write(&config, &good_config).unwrap();
@@ -488,7 +488,7 @@ fn broken_checkpoints_give_typed_errors() {
     named.retain(|(n, _)| n != "transformer.h.1.mlp.c_fc.bias");
     rlhf_lab::io::save_tensors(&weights, &named).unwrap();
     expect_format_naming(
-        Gpt::load_checkpoint(&ckpt, Device::Cpu).unwrap_err(),
+        Gpt::load_model(&ckpt, Device::Cpu).unwrap_err(),
         "transformer.h.1.mlp.c_fc.bias",
     );
     named.push((
@@ -501,7 +501,7 @@ fn broken_checkpoints_give_typed_errors() {
     ));
     rlhf_lab::io::save_tensors(&weights, &named).unwrap();
     expect_format_naming(
-        Gpt::load_checkpoint(&ckpt, Device::Cpu).unwrap_err(),
+        Gpt::load_model(&ckpt, Device::Cpu).unwrap_err(),
         "extra.weight",
     );
 }

@@ -6,9 +6,9 @@ use rlhf_lab::advantages::*;
 use rlhf_lab::conventions::{markdown_table, Conventions, PRESETS};
 use rlhf_lab::experience::ppo_experience;
 use rlhf_lab::kl::*;
+use rlhf_lab::kl_shaping::*;
 use rlhf_lab::masked::*;
 use rlhf_lab::ppo::*;
-use rlhf_lab::rewards::*;
 
 fn p(name: &str) -> Conventions {
     Conventions::preset(name).unwrap()

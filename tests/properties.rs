@@ -6,10 +6,10 @@ use proptest::prelude::*;
 use rlhf_lab::advantages::*;
 use rlhf_lab::dpo::*;
 use rlhf_lab::kl::*;
+use rlhf_lab::kl_shaping::*;
 use rlhf_lab::masked::*;
 use rlhf_lab::ppo::*;
 use rlhf_lab::reward_model::*;
-use rlhf_lab::rewards::*;
 use tch::{Kind, Tensor};
 
 /// A (B, T) batch: rewards, values, log-probs, and a mask with at least one token per row.

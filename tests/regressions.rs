@@ -7,10 +7,10 @@ use rlhf_lab::conventions::Conventions;
 use rlhf_lab::dpo::*;
 use rlhf_lab::experience::ppo_experience;
 use rlhf_lab::kl::*;
+use rlhf_lab::kl_shaping::*;
 use rlhf_lab::logprobs::*;
 use rlhf_lab::masked::*;
 use rlhf_lab::ppo::*;
-use rlhf_lab::rewards::*;
 use rlhf_lab::RlhfError;
 use tch::{Device, Kind, Tensor};
 

@@ -4,11 +4,11 @@
 //! `--nocapture` to see the accuracy report.
 
 use rlhf_lab::data::{self, sentiment_splits};
-use rlhf_lab::reward::sentiment::{
+use rlhf_lab::ground_truth::sentiment::{
     fit, train_classifier_on, BowClassifier, ClassifierConfig, ClassifierMetrics,
 };
-use rlhf_lab::reward::vader::Vader;
-use rlhf_lab::reward::{accuracy, compare_on_test, SentimentScorer};
+use rlhf_lab::ground_truth::vader::Vader;
+use rlhf_lab::ground_truth::{accuracy, compare_on_test, SentimentScorer};
 use rlhf_lab::RlhfError;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use rlhf_lab::advantages::*;
 use rlhf_lab::kl::*;
+use rlhf_lab::kl_shaping::*;
 use rlhf_lab::ppo::*;
-use rlhf_lab::rewards::*;
 
 #[test]
 fn seed003_small_case() {

@@ -10,7 +10,7 @@ use crate::error::{Result, RlhfError};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// SHA-256 pins of the data files read by `crate::data` and `crate::reward::vader` (copied from
+/// SHA-256 pins of the data files read by `crate::data` and `crate::ground_truth::vader` (copied from
 /// `datasets/fetch.py`'s `SOURCES`; change both together).
 pub const PINNED: [(&str, &str); 4] = [
     (

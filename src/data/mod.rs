@@ -30,7 +30,7 @@ pub use preferences::{read_preferences, write_preferences, PreferencePair};
 pub use split::{normalise, split_of, Split, Splits};
 pub use stats::{print_stats, save_stats, stats, stats_rows, StatsRow};
 
-use crate::error::Result;
+use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -181,4 +181,16 @@ pub fn sentiment_splits(dir: &Path) -> Result<Splits<LabeledText>> {
     let rt = load_rotten_tomatoes(dir)?;
     let snippets = rt.into_iter().filter(|t| t.label.polarity().is_some());
     Ok(assign_splits(snippets, |t| t.text.as_str()))
+}
+
+/// polars errors (CSV/Parquet reading, frame construction) surface as [`RlhfError::Format`] of a
+/// table. Declared here, beside the data code that reads tables, so `error.rs` stays free of polars.
+impl From<polars::error::PolarsError> for RlhfError {
+    fn from(e: polars::error::PolarsError) -> Self {
+        RlhfError::Format {
+            path: String::new(),
+            what: "table".into(),
+            reason: e.to_string(),
+        }
+    }
 }

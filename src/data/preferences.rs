@@ -82,10 +82,7 @@ pub fn write_preferences(path: impl AsRef<Path>, pairs: &[PreferencePair]) -> Re
     let mut out = String::new();
     for (i, pair) in pairs.iter().enumerate() {
         if let Some(problem) = pair.problem() {
-            return Err(RlhfError::Invalid {
-                arg: format!("pairs[{i}]"),
-                reason: problem,
-            });
+            return Err(RlhfError::invalid(format!("pairs[{i}]"), problem));
         }
         let line = serde_json::to_string(pair).map_err(|e| RlhfError::format(path, WHAT, e))?;
         out.push_str(&line);

@@ -548,20 +548,19 @@ fn f16(b: &[u8]) -> f32 {
 /// `ggml_bf16_to_fp32` (BF16). Within a 32-value block the low nibbles give values `0..16` and the high
 /// nibbles values `16..32`. [`RlhfError::Invalid`] on an unsupported type or a size mismatch.
 pub fn dequantize(ty: GgmlType, raw: &[u8], n: usize) -> Result<Vec<f32>> {
-    let (blk, size) = ty.block_layout().ok_or_else(|| RlhfError::Invalid {
-        arg: "ty".into(),
-        reason: format!("unsupported ggml type {ty:?}"),
-    })?;
+    let (blk, size) = ty
+        .block_layout()
+        .ok_or_else(|| RlhfError::invalid("ty", format!("unsupported ggml type {ty:?}")))?;
     let (blk, size) = (blk as usize, size as usize);
     if n % blk != 0 || raw.len() != n / blk * size {
-        return Err(RlhfError::Invalid {
-            arg: "raw".into(),
-            reason: format!(
+        return Err(RlhfError::invalid(
+            "raw",
+            format!(
                 "{n} values of {ty:?} need {} bytes in blocks of {blk}, got {}",
                 n / blk * size,
                 raw.len()
             ),
-        });
+        ));
     }
     let mut out = Vec::with_capacity(n);
     match ty {
@@ -717,7 +716,7 @@ fn token_id(file: &GgufFile, tokens: &[String], name: &str) -> Result<u32> {
 }
 
 /// The tokenizer stored in the GGUF metadata, rebuilt as a `tokenizers` BPE and wrapped in
-/// [`crate::tokenizer::Tokenizer`].
+/// [`crate::model::tokenizer::Tokenizer`].
 ///
 /// Supports `tokenizer.ggml.model = "gpt2"` (byte-level BPE) with `tokenizer.ggml.pre` in
 /// {`smollm`, `gpt2`, `default`}. For `smollm`, llama.cpp's `llama-vocab.cpp` (the
@@ -734,7 +733,7 @@ fn token_id(file: &GgufFile, tokens: &[String], name: &str) -> Result<u32> {
 /// `<|endoftext|>` (id 0 in SmolLM2, the pre-training document separator, never produced by the chat
 /// template) and the unknown token. Padded positions are masked out of attention, so their id never
 /// influences the model; only a distinct id is needed.
-pub fn tokenizer(file: &GgufFile) -> Result<crate::tokenizer::Tokenizer> {
+pub fn tokenizer(file: &GgufFile) -> Result<crate::model::tokenizer::Tokenizer> {
     use tokenizers::models::bpe::BPE;
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
     use tokenizers::pre_tokenizers::digits::Digits;
@@ -869,7 +868,7 @@ pub fn tokenizer(file: &GgufFile) -> Result<crate::tokenizer::Tokenizer> {
                 })?
         }
     };
-    crate::tokenizer::Tokenizer::from_hf(inner, &eos, &pad)
+    crate::model::tokenizer::Tokenizer::from_hf(inner, &eos, &pad)
 }
 
 /// The default system prompt of SmolLM2-Instruct's chat template (`tokenizer.chat_template` in the GGUF

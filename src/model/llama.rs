@@ -31,7 +31,7 @@
 use super::gguf::{self, GgufFile};
 use super::{validate_forward_inputs, CausalLm, KvCache};
 use crate::error::{Result, RlhfError};
-use crate::tokenizer::Tokenizer;
+use crate::model::tokenizer::Tokenizer;
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -160,10 +160,10 @@ impl LlamaConfig {
 pub fn unpermute_rope(w: &Tensor, n_head: i64) -> Result<Tensor> {
     let (rows, cols) = w.size2()?;
     if n_head <= 0 || rows % (2 * n_head) != 0 {
-        return Err(RlhfError::Invalid {
-            arg: "n_head".into(),
-            reason: format!("{rows} rows do not split into {n_head} heads of even size"),
-        });
+        return Err(RlhfError::invalid(
+            "n_head",
+            format!("{rows} rows do not split into {n_head} heads of even size"),
+        ));
     }
     let half = rows / n_head / 2;
     Ok(w.f_reshape([n_head, half, 2, cols])?

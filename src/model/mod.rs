@@ -7,9 +7,11 @@
 //! left-padded row starts at position 0 at its first real token (pads get position 0 too; their outputs
 //! are never read). Logits come back as `(B, T, V)` float32.
 
+pub mod generate;
 pub mod gguf;
 pub mod gpt;
 pub mod llama;
+pub mod tokenizer;
 
 use crate::error::{Result, RlhfError};
 use tch::{Device, Kind, Tensor};
@@ -51,7 +53,7 @@ impl KvCache {
     }
 }
 
-/// A decoder-only language model: what sampling ([`crate::generate`]) and training ([`crate::train`]) need.
+/// A decoder-only language model: what sampling ([`crate::model::generate`]) and training ([`crate::train`]) need.
 pub trait CausalLm {
     /// Vocabulary size `V` (rows of the LM head).
     fn vocab_size(&self) -> i64;
@@ -87,16 +89,13 @@ pub struct LeftPadded {
 /// Position ids follow HF `generate` (`attention_mask.cumsum(-1) - 1`, pads filled with 0) and TRL.
 pub fn left_pad(seqs: &[Vec<i64>], pad_id: i64, device: Device) -> Result<LeftPadded> {
     if seqs.is_empty() {
-        return Err(RlhfError::Invalid {
-            arg: "seqs".into(),
-            reason: "no sequences to pad".into(),
-        });
+        return Err(RlhfError::invalid("seqs", "no sequences to pad"));
     }
     if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
-        return Err(RlhfError::Invalid {
-            arg: "seqs".into(),
-            reason: format!("sequence {i} is empty (a prompt needs at least one token)"),
-        });
+        return Err(RlhfError::invalid(
+            "seqs",
+            format!("sequence {i} is empty (a prompt needs at least one token)"),
+        ));
     }
     let b = seqs.len();
     let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
@@ -173,11 +172,11 @@ pub fn validate_forward_inputs(
     let in_range = |arg: &str, x: &Tensor, hi: i64, what: &str| -> Result<()> {
         let (lo_v, hi_v) = (x.min().int64_value(&[]), x.max().int64_value(&[]));
         if lo_v < 0 || hi_v >= hi {
-            return Err(RlhfError::OutOfRange {
-                arg: arg.into(),
-                value: (if lo_v < 0 { lo_v } else { hi_v }) as f64,
-                range: format!("in [0, {hi}) ({what})"),
-            });
+            return Err(RlhfError::out_of_range(
+                arg,
+                (if lo_v < 0 { lo_v } else { hi_v }) as f64,
+                format!("in [0, {hi}) ({what})"),
+            ));
         }
         Ok(())
     };
@@ -186,11 +185,11 @@ pub fn validate_forward_inputs(
     let (b, t) = match input_ids.size().as_slice() {
         &[b, t] if b > 0 && t > 0 => (b, t),
         _ => {
-            return Err(RlhfError::Shape {
-                arg: "input_ids".into(),
-                got: input_ids.size(),
-                expected: "(B, T) with B ≥ 1 and T ≥ 1".into(),
-            })
+            return Err(RlhfError::shape(
+                "input_ids",
+                input_ids.size(),
+                "(B, T) with B ≥ 1 and T ≥ 1",
+            ))
         }
     };
     let ids = input_ids.to_device(device);
@@ -200,18 +199,18 @@ pub fn validate_forward_inputs(
         None => 0,
         Some(c) => {
             if c.layers.len() != n_layer {
-                return Err(RlhfError::Invalid {
-                    arg: "cache".into(),
-                    reason: format!("has {} layers, the model has {n_layer}", c.layers.len()),
-                });
+                return Err(RlhfError::invalid(
+                    "cache",
+                    format!("has {} layers, the model has {n_layer}", c.layers.len()),
+                ));
             }
             if let Some(Some((k, _))) = c.layers.first() {
                 if k.size()[0] != b {
-                    return Err(RlhfError::Shape {
-                        arg: "cache".into(),
-                        got: k.size(),
-                        expected: format!("(B = {b}, H, T_past, D) (batch of `input_ids`)"),
-                    });
+                    return Err(RlhfError::shape(
+                        "cache",
+                        k.size(),
+                        format!("(B = {b}, H, T_past, D) (batch of `input_ids`)"),
+                    ));
                 }
             }
             c.len()
@@ -219,21 +218,19 @@ pub fn validate_forward_inputs(
     };
     let t_total = t_past + t;
     if t_total > max_positions {
-        return Err(RlhfError::OutOfRange {
-            arg: "input_ids".into(),
-            value: t_total as f64,
-            range: format!(
-                "T_past + T ≤ max_positions = {max_positions} (T_past = {t_past}, T = {t})"
-            ),
-        });
+        return Err(RlhfError::out_of_range(
+            "input_ids",
+            t_total as f64,
+            format!("T_past + T ≤ max_positions = {max_positions} (T_past = {t_past}, T = {t})"),
+        ));
     }
 
     if attention_mask.size() != [b, t_total] {
-        return Err(RlhfError::Shape {
-            arg: "attention_mask".into(),
-            got: attention_mask.size(),
-            expected: format!("(B, T_past + T) = [{b}, {t_total}]"),
-        });
+        return Err(RlhfError::shape(
+            "attention_mask",
+            attention_mask.size(),
+            format!("(B, T_past + T) = [{b}, {t_total}]"),
+        ));
     }
     if attention_mask.is_floating_point() {
         return Err(RlhfError::Dtype {
@@ -257,11 +254,11 @@ pub fn validate_forward_inputs(
 
     int64("position_ids", position_ids)?;
     if position_ids.size() != [b, t] {
-        return Err(RlhfError::Shape {
-            arg: "position_ids".into(),
-            got: position_ids.size(),
-            expected: format!("(B, T) = [{b}, {t}] (the shape of `input_ids`)"),
-        });
+        return Err(RlhfError::shape(
+            "position_ids",
+            position_ids.size(),
+            format!("(B, T) = [{b}, {t}] (the shape of `input_ids`)"),
+        ));
     }
     let pos = position_ids.to_device(device);
     in_range("position_ids", &pos, max_positions, "max_positions")?;

@@ -10,9 +10,9 @@
 //! (Bradley & Terry 1952; seed document 000 §1.3; document 001 §3.1.2; document 003 "训练奖励模型"),
 //! so labels are noisy exactly as the BT model says human labels are. A linear reward head
 //! `r(x) = w·x + b` — the 1-dimensional "score head" of document 003 on top of fixed features — is fitted
-//! by maximum likelihood with the core [`crate::reward_model::pairwise_loss`]
+//! by maximum likelihood with the core [`crate::core::reward_model::pairwise_loss`]
 //! (`−logσ(r_chosen − r_rejected)` averaged over pairs: document 003's `Loss`, TRL `RewardTrainer`,
-//! OpenRLHF `PairWiseLoss`) or, for K-wise rankings, [`crate::reward_model::kwise_loss`] (InstructGPT
+//! OpenRLHF `PairWiseLoss`) or, for K-wise rankings, [`crate::core::reward_model::kwise_loss`] (InstructGPT
 //! eq. 1, document 001 §3.1.2: K ranked responses give C(K, 2) pairs, each prompt's loss divided by
 //! C(K, 2)). A small ridge term `λ‖w‖²` keeps the fit finite when few pairs are linearly separable.
 //!
@@ -51,9 +51,10 @@
 //! thread draws from libtorch's process-global generator meanwhile (the tests serialise themselves).
 
 use super::SingleThread;
-use crate::check;
+use super::{scalar, to_vec};
+use crate::core::check;
+use crate::core::reward_model::{kwise_loss, pairwise_accuracy, pairwise_loss};
 use crate::error::{Result, RlhfError};
-use crate::reward_model::{kwise_loss, pairwise_accuracy, pairwise_loss};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -117,10 +118,10 @@ impl Default for BtConfig {
 
 fn positive_list(arg: &str, v: &[i64]) -> Result<()> {
     if v.is_empty() || v.iter().any(|&n| n < 1) {
-        return Err(RlhfError::Invalid {
-            arg: arg.into(),
-            reason: format!("need a non-empty list of sizes ≥ 1, got {v:?}"),
-        });
+        return Err(RlhfError::invalid(
+            arg,
+            format!("need a non-empty list of sizes ≥ 1, got {v:?}"),
+        ));
     }
     Ok(())
 }
@@ -131,22 +132,22 @@ impl BtConfig {
         check::at_least("dim", self.dim, 1)?;
         check::at_least("n_train_items", self.n_train_items, 2)?;
         check::at_least("n_test_items", self.n_test_items, 2)?;
-        crate::check::positive("utility_scale", self.utility_scale)?;
+        crate::core::check::positive("utility_scale", self.utility_scale)?;
         check::at_least("n_test_pairs", self.n_test_pairs, 1)?;
-        crate::check::non_negative("l2", self.l2)?;
-        crate::check::finite_scalar("bias_init", self.bias_init)?;
+        crate::core::check::non_negative("l2", self.l2)?;
+        crate::core::check::finite_scalar("bias_init", self.bias_init)?;
         check::at_least("max_newton_steps", self.max_newton_steps, 1)?;
         positive_list("n_pairs", &self.n_pairs)?;
         check::at_least("replicates", self.replicates, 1)?;
         check::at_least("k", self.k, 2)?;
         if self.k > self.n_train_items {
-            return Err(RlhfError::Invalid {
-                arg: "k".into(),
-                reason: format!(
+            return Err(RlhfError::invalid(
+                "k",
+                format!(
                     "cannot rank k = {} distinct items out of n_train_items = {}",
                     self.k, self.n_train_items
                 ),
-            });
+            ));
         }
         positive_list("n_prompts", &self.n_prompts)?;
         check::at_least("mc_rankings", self.mc_rankings, 1)?;
@@ -354,10 +355,10 @@ fn fit(x: &Tensor, data: &Data, cfg: &BtConfig) -> Result<Fit> {
         // Newton decrement² gᵀH⁻¹g: twice the predicted decrease of the quadratic model.
         let dec = g.dot(&step).double_value(&[]);
         if !dec.is_finite() {
-            return Err(RlhfError::Invalid {
-                arg: "l2".into(),
-                reason: "singular Hessian (fewer comparisons than dimensions with l2 = 0?)".into(),
-            });
+            return Err(RlhfError::invalid(
+                "l2",
+                "singular Hessian (fewer comparisons than dimensions with l2 = 0?)",
+            ));
         }
         if dec < 1e-20 {
             break;
@@ -426,12 +427,6 @@ pub struct Metrics {
     pub w_error: f64,
 }
 
-fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(Vec::<f64>::try_from(
-        &t.to_kind(Kind::Double).reshape([-1]),
-    )?)
-}
-
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -464,10 +459,6 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
     pearson(&ranks(a), &ranks(b))
 }
 
-fn scalar(t: &Tensor) -> f64 {
-    t.double_value(&[])
-}
-
 fn metrics(world: &World, w_hat: &Tensor, bias: f64) -> Result<Metrics> {
     let r = world.x_test.mv(w_hat) + bias;
     let u = &world.u_test;
@@ -480,15 +471,15 @@ fn metrics(world: &World, w_hat: &Tensor, bias: f64) -> Result<Metrics> {
     let q = 1.0 - &p;
     let i_above = ri.gt_tensor(&rj).to_kind(Kind::Double);
     let j_above = rj.gt_tensor(&ri).to_kind(Kind::Double);
-    let expected_accuracy = scalar(&(&p * &i_above + &q * &j_above).mean(Kind::Double));
-    let bayes_expected_accuracy = scalar(&p.maximum(&q).mean(Kind::Double));
+    let expected_accuracy = scalar(&(&p * &i_above + &q * &j_above).mean(Kind::Double))?;
+    let bayes_expected_accuracy = scalar(&p.maximum(&q).mean(Kind::Double))?;
     // −logσ(a − b) per pair, from the core loss.
     let nll_terms =
         |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok(pairwise_loss(a, b, None, 0.0)?.losses) };
     let xent = |a: &Tensor, b: &Tensor| -> Result<f64> {
         Ok(scalar(
             &(&p * nll_terms(a, b)? + &q * nll_terms(b, a)?).mean(Kind::Double),
-        ))
+        )?)
     };
     let rv = to_vec(&r)?;
     let uv = to_vec(u)?;
@@ -496,18 +487,18 @@ fn metrics(world: &World, w_hat: &Tensor, bias: f64) -> Result<Metrics> {
     let slope = rc_c.iter().zip(&uc_c).map(|(a, b)| a * b).sum::<f64>()
         / uc_c.iter().map(|b| b * b).sum::<f64>();
     Ok(Metrics {
-        accuracy: scalar(&pairwise_accuracy(&rc, &rr)?),
-        bayes_accuracy: scalar(&pairwise_accuracy(&uc, &ur)?),
+        accuracy: scalar(&pairwise_accuracy(&rc, &rr)?)?,
+        bayes_accuracy: scalar(&pairwise_accuracy(&uc, &ur)?)?,
         expected_accuracy,
         bayes_expected_accuracy,
-        nll: scalar(&pairwise_loss(&rc, &rr, None, 0.0)?.loss),
-        bayes_nll: scalar(&pairwise_loss(&uc, &ur, None, 0.0)?.loss),
+        nll: scalar(&pairwise_loss(&rc, &rr, None, 0.0)?.loss)?,
+        bayes_nll: scalar(&pairwise_loss(&uc, &ur, None, 0.0)?.loss)?,
         expected_nll: xent(&ri, &rj)?,
         entropy: xent(&ui, &uj)?,
         pearson: pearson(&rv, &uv),
         spearman: spearman(&rv, &uv),
         slope,
-        w_error: scalar(&(w_hat - &world.w_star).norm()),
+        w_error: scalar(&(w_hat - &world.w_star).norm())?,
     })
 }
 
@@ -530,7 +521,7 @@ pub struct BtPoint {
 
 /// `P(i ≻ j)` and the pairwise loss on a grid of `points` values of `Δu` in `[−delta_max, delta_max]`.
 pub fn bt_curve(delta_max: f64, points: i64) -> Result<Vec<BtPoint>> {
-    crate::check::positive("delta_max", delta_max)?;
+    crate::core::check::positive("delta_max", delta_max)?;
     check::at_least("points", points, 2)?;
     let _threads = SingleThread::new();
     let delta = Tensor::linspace(-delta_max, delta_max, points, OPTS);
@@ -750,8 +741,8 @@ pub fn kwise_check(n_prompts: i64, k: i64, seed: i64) -> Result<KwiseCheck> {
             loss: first_losses[p],
         })
         .collect();
-    let kwise = scalar(&kw);
-    let pairwise_mean = scalar(&pw.loss);
+    let kwise = scalar(&kw)?;
+    let pairwise_mean = scalar(&pw.loss)?;
     Ok(KwiseCheck {
         n_prompts,
         k,
@@ -759,7 +750,7 @@ pub fn kwise_check(n_prompts: i64, k: i64, seed: i64) -> Result<KwiseCheck> {
         kwise,
         pairwise_mean,
         abs_diff: (kwise - pairwise_mean).abs(),
-        grad_max_abs_diff: scalar(&(g_kw - g_pw).abs().max()),
+        grad_max_abs_diff: scalar(&(g_kw - g_pw).abs().max())?,
         first_prompt,
     })
 }
@@ -950,12 +941,12 @@ pub fn shift_invariance(
 ) -> Result<Vec<ShiftRow>> {
     cfg.validate()?;
     check::at_least("n_pairs", n_pairs, 1)?;
-    crate::check::positive("center_coef", center_coef)?;
+    crate::core::check::positive("center_coef", center_coef)?;
     if biases.is_empty() || biases.iter().any(|b| !b.is_finite()) {
-        return Err(RlhfError::Invalid {
-            arg: "biases".into(),
-            reason: "need a non-empty list of finite biases".into(),
-        });
+        return Err(RlhfError::invalid(
+            "biases",
+            "need a non-empty list of finite biases",
+        ));
     }
     let _threads = SingleThread::new();
     tch::manual_seed(cfg.seed);
@@ -974,7 +965,7 @@ pub fn shift_invariance(
                     .set_requires_grad(true);
                 let out = pairwise_loss(&(&bc + &b), &(&br + &b), None, coef)?;
                 let g = Tensor::f_run_backward(&[&out.loss], &[&b], false, false)?.remove(0);
-                Ok((scalar(&out.loss), scalar(&g)))
+                Ok((scalar(&out.loss)?, scalar(&g)?))
             };
             let (loss, grad_bias) = eval(0.0)?;
             let (loss_centered, grad_bias_centered) = eval(center_coef)?;

@@ -22,8 +22,8 @@
 //!    reward `r(y) = β·log π*(y)/π_ref(y) + β·log Z` (DPO eq. 5) holds to rounding.
 //! 2. **DPO recovers π*** ([`population_dpo_study`]). The population DPO loss (DPO eq. 7) — the
 //!    expectation over all `V(V−1)` ordered pairs, each per-pair loss computed by
-//!    [`crate::dpo::dpo_loss`] — is minimised exactly at π* for every β, and its minimum equals the
-//!    Bradley–Terry loss of the true reward ([`crate::reward_model::pairwise_loss`]). For a softmax
+//!    [`crate::core::dpo::dpo_loss`] — is minimised exactly at π* for every β, and its minimum equals the
+//!    Bradley–Terry loss of the true reward ([`crate::core::reward_model::pairwise_loss`]). For a softmax
 //!    policy, `log π_θ(y_w) − log π_θ(y_l) = θ_w − θ_l`, so DPO is a logistic regression in θ whose solution
 //!    is `θ − θ_ref = r/β + const`.
 //! 3. **Finite samples** ([`finite_sample_study`]). On `N` sampled labelled pairs the DPO minimiser
@@ -33,7 +33,7 @@
 //!    preferences that IPO points out, Azar et al. 2023).
 //! 4. **Gradient weight** ([`gradient_weight_study`]). `∇_θ L_DPO = −β·E[σ(r̂_l − r̂_w)·(∇log π(y_w) −
 //!    ∇log π(y_l))]` with `r̂ = β·log π_θ/π_ref` (DPO §4 "What does the DPO update do?"; seed 002), weight from
-//!    [`crate::dpo::dpo_gradient_weight`]: > ½ for pairs the implicit reward model orders wrongly, → 0 for
+//!    [`crate::core::dpo::dpo_gradient_weight`]: > ½ for pairs the implicit reward model orders wrongly, → 0 for
 //!    pairs it orders right with margin; at the optimum each pair's weight is `σ(r_l − r_w)`, the BT
 //!    probability that its label is "wrong".
 //! 5. **Degeneration without the weight** ([`objective_comparison`]). The naive objective
@@ -42,8 +42,8 @@
 //!    θ-gradient: π collapses onto the response with the most net wins in the data (not the best
 //!    response), entropy → 0, `log π` of every other response → −∞ linearly, `KL(π_ref‖π)` → ∞, and
 //!    `KL(π‖π_ref)` saturates at `−log π_ref(collapsed)`, the KL of a point mass on that response.
-//!    DPO converges. Unlikelihood ([`crate::dpo::unlikelihood_loss`]) and Preferred-FT
-//!    ([`crate::dpo::preferred_ft_loss`]) stay bounded here but ignore β and land below the reward–KL
+//!    DPO converges. Unlikelihood ([`crate::core::dpo::unlikelihood_loss`]) and Preferred-FT
+//!    ([`crate::core::dpo::preferred_ft_loss`]) stay bounded here but ignore β and land below the reward–KL
 //!    frontier `{(KL(π*_β‖π_ref), E_{π*_β}[r]) : β > 0}` ([`frontier_study`]).
 //!
 //! Everything runs in f64 on the CPU; every study calls `tch::manual_seed(cfg.seed)` first and draws from
@@ -51,13 +51,13 @@
 //! numbers: after [`set_single_thread`] the studies run several times faster than with libtorch's
 //! default OpenMP pool, whose synchronisation dominates at this size.
 
-use crate::check;
-use crate::dpo::{
+use crate::core::check;
+use crate::core::dpo::{
     dpo_gradient_weight, dpo_loss, preferred_ft_loss, unlikelihood_loss, DpoConfig, DpoVariant,
     PairLogps,
 };
+use crate::core::reward_model::pairwise_loss;
 use crate::error::{Result, RlhfError};
-use crate::reward_model::pairwise_loss;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -150,28 +150,9 @@ pub fn set_single_thread() {
     tch::set_num_threads(1);
 }
 
-fn out_of_range(arg: &str, value: f64, range: &str) -> RlhfError {
-    RlhfError::OutOfRange {
-        arg: arg.into(),
-        value,
-        range: range.into(),
-    }
-}
-
-fn invalid(arg: &str, reason: impl Into<String>) -> RlhfError {
-    RlhfError::Invalid {
-        arg: arg.into(),
-        reason: reason.into(),
-    }
-}
-
-fn at_least(arg: &str, v: usize, min: usize) -> Result<()> {
-    check::at_least(arg, v as i64, min as i64)
-}
-
 fn positive_list(arg: &str, xs: &[f64]) -> Result<()> {
     if xs.is_empty() {
-        return Err(invalid(arg, "must not be empty"));
+        return Err(RlhfError::invalid(arg, "must not be empty"));
     }
     for (i, &x) in xs.iter().enumerate() {
         check::positive(&format!("{arg}[{i}]"), x)?;
@@ -184,17 +165,17 @@ impl CategoricalDpoConfig {
     pub fn validate_problem(&self) -> Result<()> {
         let v = self.ref_logits.len();
         if !(2..=MAX_RESPONSES).contains(&v) {
-            return Err(invalid(
+            return Err(RlhfError::invalid(
                 "ref_logits",
                 format!("needs between 2 and {MAX_RESPONSES} responses, got {v}"),
             ));
         }
         if self.rewards.len() != v {
-            return Err(RlhfError::Shape {
-                arg: "rewards".into(),
-                got: vec![self.rewards.len() as i64],
-                expected: format!("[{v}] (one reward per response, like `ref_logits`)"),
-            });
+            return Err(RlhfError::shape(
+                "rewards",
+                vec![self.rewards.len() as i64],
+                format!("[{v}] (one reward per response, like `ref_logits`)"),
+            ));
         }
         for (i, &x) in self.ref_logits.iter().enumerate() {
             check::finite_scalar(&format!("ref_logits[{i}]"), x)?;
@@ -206,15 +187,15 @@ impl CategoricalDpoConfig {
     }
 
     fn validate_newton(&self) -> Result<()> {
-        at_least("newton_max_iters", self.newton_max_iters, 1)?;
+        check::at_least("newton_max_iters", self.newton_max_iters as i64, 1 as i64)?;
         check::positive("newton_tol", self.newton_tol)
     }
 
     fn validate_trace(&self) -> Result<()> {
         check::positive("trace_beta", self.trace_beta)?;
-        at_least("trace_steps", self.trace_steps, 1)?;
+        check::at_least("trace_steps", self.trace_steps as i64, 1 as i64)?;
         check::positive("trace_lr", self.trace_lr)?;
-        at_least("trace_log_every", self.trace_log_every, 1)
+        check::at_least("trace_log_every", self.trace_log_every as i64, 1 as i64)
     }
 
     /// Checks every field (each study checks only the fields it reads).
@@ -223,33 +204,40 @@ impl CategoricalDpoConfig {
         positive_list("betas", &self.betas)?;
         positive_list("frontier_betas", &self.frontier_betas)?;
         positive_list("perturbation_scales", &self.perturbation_scales)?;
-        at_least("perturbations_per_scale", self.perturbations_per_scale, 1)?;
+        check::at_least(
+            "perturbations_per_scale",
+            self.perturbations_per_scale as i64,
+            1 as i64,
+        )?;
         self.validate_newton()?;
         self.validate_sampling()?;
         self.validate_trace()?;
-        at_least("trace_pairs", self.trace_pairs, 2)?;
+        check::at_least("trace_pairs", self.trace_pairs as i64, 2 as i64)?;
         check::in_unit_interval("unlikelihood_alpha", self.unlikelihood_alpha)?;
         self.validate_snapshots()
     }
 
     fn validate_sampling(&self) -> Result<()> {
         if self.sample_sizes.is_empty() {
-            return Err(invalid("sample_sizes", "must not be empty"));
+            return Err(RlhfError::invalid("sample_sizes", "must not be empty"));
         }
         for (i, &n) in self.sample_sizes.iter().enumerate() {
-            at_least(&format!("sample_sizes[{i}]"), n, 1)?;
+            check::at_least(&format!("sample_sizes[{i}]"), n as i64, 1 as i64)?;
         }
-        at_least("replicates", self.replicates, 1)?;
+        check::at_least("replicates", self.replicates as i64, 1 as i64)?;
         check::positive("sample_beta", self.sample_beta)
     }
 
     fn validate_snapshots(&self) -> Result<()> {
         if self.weight_snapshot_steps.is_empty() {
-            return Err(invalid("weight_snapshot_steps", "must not be empty"));
+            return Err(RlhfError::invalid(
+                "weight_snapshot_steps",
+                "must not be empty",
+            ));
         }
         for (i, &s) in self.weight_snapshot_steps.iter().enumerate() {
             if s > self.trace_steps {
-                return Err(out_of_range(
+                return Err(RlhfError::out_of_range(
                     &format!("weight_snapshot_steps[{i}]"),
                     s as f64,
                     &format!("<= trace_steps = {}", self.trace_steps),
@@ -409,12 +397,12 @@ fn sample_pairs(p: &Problem, n: usize) -> Result<PairSet> {
 pub fn sample_dataset(cfg: &CategoricalDpoConfig, n: usize) -> Result<PairSet> {
     tch::manual_seed(cfg.seed);
     let p = Problem::new(cfg)?;
-    at_least("n", n, 1)?;
+    check::at_least("n", n as i64, 1 as i64)?;
     sample_pairs(&p, n)
 }
 
 /// `Σ_b w_b·ℓ_b` over a pair set at the policy softmax(θ), with the per-pair sigmoid-DPO losses of
-/// [`crate::dpo::dpo_loss`] (DPO eq. 7). With weights `1/N` this is the library's mean loss.
+/// [`crate::core::dpo::dpo_loss`] (DPO eq. 7). With weights `1/N` this is the library's mean loss.
 pub fn weighted_dpo_loss_at(
     cfg: &CategoricalDpoConfig,
     pairs: &PairSet,
@@ -424,17 +412,17 @@ pub fn weighted_dpo_loss_at(
     let p = Problem::new(cfg)?;
     let n = pairs.len();
     if n == 0 || pairs.rejected.len() != n || pairs.weights.len() != n {
-        return Err(invalid(
+        return Err(RlhfError::invalid(
             "pairs",
             "chosen, rejected and weights must have the same non-zero length",
         ));
     }
     if theta.len() != p.v {
-        return Err(RlhfError::Shape {
-            arg: "theta".into(),
-            got: vec![theta.len() as i64],
-            expected: format!("[{}]", p.v),
-        });
+        return Err(RlhfError::shape(
+            "theta",
+            vec![theta.len() as i64],
+            format!("[{}]", p.v),
+        ));
     }
     let bad = pairs
         .chosen
@@ -442,7 +430,11 @@ pub fn weighted_dpo_loss_at(
         .chain(&pairs.rejected)
         .find(|&&i| i < 0 || i as usize >= p.v);
     if let Some(&i) = bad {
-        return Err(out_of_range("pairs", i as f64, &format!("in [0, {})", p.v)));
+        return Err(RlhfError::out_of_range(
+            "pairs",
+            i as f64,
+            &format!("in [0, {})", p.v),
+        ));
     }
     for (k, &w) in pairs.weights.iter().enumerate() {
         check::non_negative(&format!("pairs.weights[{k}]"), w)?;
@@ -538,7 +530,7 @@ fn pair_logps<'a>(pc: &'a Tensor, pl: &'a Tensor, pt: &'a PairTensors) -> PairLo
 }
 
 /// Weighted DPO loss `Σ_b w_b·ℓ_b(θ)` with the per-pair sigmoid-DPO losses `ℓ_b` of
-/// [`crate::dpo::dpo_loss`] (DPO eq. 7). Scalar, differentiable in θ (V,).
+/// [`crate::core::dpo::dpo_loss`] (DPO eq. 7). Scalar, differentiable in θ (V,).
 fn weighted_dpo_loss(theta: &Tensor, pt: &PairTensors, beta: f64) -> Result<Tensor> {
     let logp = theta.log_softmax(0, KD);
     let (pc, pl) = pt.policy_logps(&logp);
@@ -581,7 +573,7 @@ pub fn naive_ratio_losses(lp: &PairLogps, beta: f64) -> Result<Tensor> {
         check::finite(arg, t)?;
     }
     if pc.size()[0] == 0 {
-        return Err(invalid("policy_chosen", "no pairs (B = 0)"));
+        return Err(RlhfError::invalid("policy_chosen", "no pairs (B = 0)"));
     }
     let h = (pc - lp.policy_rejected) - (lp.ref_chosen - lp.ref_rejected);
     Ok(h * (-beta))
@@ -680,7 +672,7 @@ fn newton_minimise(
 // ---------------------------------------------------------------------------------------------------
 
 /// Exact KL(p‖q) from log-probabilities (V,): `Σ_y p(y)·(log p(y) − log q(y))` — the expectation of the
-/// per-token k1 estimator of [`crate::kl`] under p, summed over the whole support.
+/// per-token k1 estimator of [`crate::core::kl`] under p, summed over the whole support.
 fn kl(logp: &Tensor, logq: &Tensor) -> Result<f64> {
     sc(&(logp.exp() * (logp - logq)).sum(KD))
 }
@@ -691,7 +683,8 @@ fn tv(logp: &Tensor, logq: &Tensor) -> Result<f64> {
 
 fn entropy_of(logp: &Tensor) -> Result<f64> {
     let v = logp.size()[0];
-    let h = crate::logprobs::entropy(&logp.view([1, 1, v]), &Tensor::ones([1, 1], (KD, CPU)))?;
+    let h =
+        crate::core::logprobs::entropy(&logp.view([1, 1, v]), &Tensor::ones([1, 1], (KD, CPU)))?;
     sc(&h.sum(KD))
 }
 
@@ -771,7 +764,11 @@ pub fn closed_form_study(cfg: &CategoricalDpoConfig) -> Result<ClosedFormStudy> 
     let p = Problem::new(cfg)?;
     positive_list("betas", &cfg.betas)?;
     positive_list("perturbation_scales", &cfg.perturbation_scales)?;
-    at_least("perturbations_per_scale", cfg.perturbations_per_scale, 1)?;
+    check::at_least(
+        "perturbations_per_scale",
+        cfg.perturbations_per_scale as i64,
+        1 as i64,
+    )?;
     cfg.validate_newton()?;
     let mut rows = Vec::with_capacity(cfg.betas.len());
     for &beta in &cfg.betas {
@@ -846,7 +843,7 @@ pub struct PopulationDpoRow {
     /// Population DPO loss at θ = ref_logits (log 2: every h is 0).
     pub initial_loss: f64,
     /// The Bradley–Terry loss of the *true* reward on the same population (the label entropy): the
-    /// floor the DPO loss reaches when `r̂ = r + const` ([`crate::reward_model::pairwise_loss`]).
+    /// floor the DPO loss reaches when `r̂ = r + const` ([`crate::core::reward_model::pairwise_loss`]).
     pub true_reward_bt_loss: f64,
     /// Implicit reward `r̂(y) = β·log π_θ(y)/π_ref(y)`, (V,).
     pub implicit_reward: Vec<f64>,
@@ -1045,7 +1042,7 @@ pub struct PairWeight {
     pub true_margin: f64,
     /// `r̂_w − r̂_l` (implicit, at the snapshot).
     pub implicit_margin: f64,
-    /// `σ(r̂_l − r̂_w)` from [`crate::dpo::dpo_gradient_weight`].
+    /// `σ(r̂_l − r̂_w)` from [`crate::core::dpo::dpo_gradient_weight`].
     pub weight: f64,
 }
 
@@ -1218,13 +1215,13 @@ fn snapshot(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
-    /// Sigmoid DPO (DPO eq. 7), [`crate::dpo::dpo_loss`].
+    /// Sigmoid DPO (DPO eq. 7), [`crate::core::dpo::dpo_loss`].
     Dpo,
     /// DPO without its weight: `−β·h` ([`naive_ratio_losses`]).
     Naive,
-    /// `−log π(y_w) − α·log(1 − π(y_l))`, [`crate::dpo::unlikelihood_loss`].
+    /// `−log π(y_w) − α·log(1 − π(y_l))`, [`crate::core::dpo::unlikelihood_loss`].
     Unlikelihood,
-    /// `−log π(y_w)`, [`crate::dpo::preferred_ft_loss`].
+    /// `−log π(y_w)`, [`crate::core::dpo::preferred_ft_loss`].
     PreferredFt,
 }
 
@@ -1260,7 +1257,7 @@ pub struct TracePoint {
     pub kl_ref_to_policy: f64,
     /// E_{π_θ}[r] under the true reward.
     pub expected_reward: f64,
-    /// H(π_θ) (nats), [`crate::logprobs::entropy`].
+    /// H(π_θ) (nats), [`crate::core::logprobs::entropy`].
     pub entropy: f64,
     /// TV(π_θ, π*_β).
     pub tv_to_optimal: f64,
@@ -1339,7 +1336,7 @@ pub fn objective_comparison(cfg: &CategoricalDpoConfig) -> Result<ObjectiveCompa
     let p = Problem::new(cfg)?;
     cfg.validate_trace()?;
     cfg.validate_newton()?;
-    at_least("trace_pairs", cfg.trace_pairs, 2)?;
+    check::at_least("trace_pairs", cfg.trace_pairs as i64, 2 as i64)?;
     check::in_unit_interval("unlikelihood_alpha", cfg.unlikelihood_alpha)?;
     let beta = cfg.trace_beta;
     let alpha = cfg.unlikelihood_alpha;

@@ -21,10 +21,10 @@
 //! [`lambda_sweep`] returns these closed forms next to Monte-Carlo estimates obtained by running the
 //! library's [`gae`] on `samples` noisy reward rows, so the notebook shows both agree.
 
-use crate::advantages::{gae, GaeConfig, MaskedSteps};
-use crate::check;
+use crate::core::advantages::{gae, GaeConfig, MaskedSteps};
+use crate::core::check;
 use crate::error::{Result, RlhfError};
-use crate::worked_example::{printed_kl_rewards, GAMMA, VALUES};
+use crate::toy::worked_example::{printed_kl_rewards, GAMMA, VALUES};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -134,20 +134,20 @@ pub fn lambda_sweep(cfg: &LambdaSweepConfig) -> Result<Vec<LambdaPoint>> {
         check::in_unit_interval("lambdas", l)?;
     }
     if cfg.samples < 2 {
-        return Err(RlhfError::OutOfRange {
-            arg: "samples".into(),
-            value: cfg.samples as f64,
-            range: "at least 2".into(),
-        });
+        return Err(RlhfError::out_of_range(
+            "samples",
+            cfg.samples as f64,
+            "at least 2",
+        ));
     }
     let traj = trajectory(cfg.gamma);
     let t_len = traj.expected_rewards.len();
     if cfg.position >= t_len {
-        return Err(RlhfError::OutOfRange {
-            arg: "position".into(),
-            value: cfg.position as f64,
-            range: format!("a token index below {t_len}"),
-        });
+        return Err(RlhfError::out_of_range(
+            "position",
+            cfg.position as f64,
+            format!("a token index below {t_len}"),
+        ));
     }
     let sigma: Vec<f64> = (0..t_len)
         .map(|k| {

@@ -10,6 +10,10 @@ pub mod categorical_dpo;
 pub mod gae_lambda;
 pub mod policy_gradient;
 pub mod ppo_loop;
+pub mod worked_example;
+
+use crate::error::Result;
+use tch::{Kind, Tensor};
 
 /// Runs libtorch single-threaded while alive and restores the previous thread count on drop. The
 /// tensors of these problems hold a few dozen numbers: the OpenMP pool only adds synchronisation, and on
@@ -28,4 +32,23 @@ impl Drop for SingleThread {
     fn drop(&mut self) {
         tch::set_num_threads(self.0);
     }
+}
+
+/// A tensor of any shape as a flat `Vec<f64>` (detached, row-major): the plain numbers a study returns.
+pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(Vec::<f64>::try_from(
+        &t.detach().to_kind(Kind::Double).flatten(0, -1),
+    )?)
+}
+
+/// A `(R, C)` tensor as rows of `f64` (detached).
+pub(crate) fn to_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    Ok(Vec::<Vec<f64>>::try_from(
+        &t.detach().to_kind(Kind::Double),
+    )?)
+}
+
+/// A one-element tensor as an `f64`.
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.detach().to_kind(Kind::Double).f_double_value(&[])?)
 }

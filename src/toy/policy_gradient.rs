@@ -31,24 +31,25 @@
 //!    gradient — for `r > 1+ε` when A > 0 and for `r < 1−ε` when A < 0 ([`clip_curves`],
 //!    [`clip_surface`]); the clipped value loss is flat on `[V_old + c, 2R − V_old − c]` when
 //!    `R > V_old + c` ([`value_clip_curve`]).
-//! 5. At the first PPO step (`π = π_old`, ratio 1) the gradient of `crate::ppo::policy_loss` is exactly
+//! 5. At the first PPO step (`π = π_old`, ratio 1) the gradient of `crate::core::ppo::policy_loss` is exactly
 //!    minus the REINFORCE estimate with the same advantages ([`ppo_gradient_at_ratio_one`]).
 //!
 //! Everything is f64 on the CPU and seeded (`tch::manual_seed`): same config, same numbers. Seeding uses
 //! libtorch's global RNG, so two studies must not run concurrently (the test file serialises them). The
 //! tensors are tiny: on a busy machine `tch::set_num_threads(1)` is much faster. The module only
-//! drives the core library: log π from [`crate::logprobs::token_log_probs`], rewards-to-go from
-//! [`crate::advantages::discounted_returns`] (γ = 1), the leave-one-out baseline from
-//! [`crate::advantages::rloo_advantages`], ratios / approx-KL / clipped objective from
-//! [`crate::ppo::policy_loss`], the value loss from [`crate::ppo::value_loss`].
+//! drives the core library: log π from [`crate::core::logprobs::token_log_probs`], rewards-to-go from
+//! [`crate::core::advantages::discounted_returns`] (γ = 1), the leave-one-out baseline from
+//! [`crate::core::advantages::rloo_advantages`], ratios / approx-KL / clipped objective from
+//! [`crate::core::ppo::policy_loss`], the value loss from [`crate::core::ppo::value_loss`].
 
-use crate::advantages::{discounted_returns, rloo_advantages, MaskedSteps};
-use crate::check;
+use super::{scalar, to_rows, to_vec};
+use crate::core::advantages::{discounted_returns, rloo_advantages, MaskedSteps};
+use crate::core::check;
+use crate::core::kl::KlEstimator;
+use crate::core::logprobs::token_log_probs;
+use crate::core::masked::LossAgg;
+use crate::core::ppo::{policy_loss, value_loss, PolicyLossConfig, ValueLossConfig};
 use crate::error::{Result, RlhfError};
-use crate::kl::KlEstimator;
-use crate::logprobs::token_log_probs;
-use crate::masked::LossAgg;
-use crate::ppo::{policy_loss, value_loss, PolicyLossConfig, ValueLossConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -57,41 +58,6 @@ const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
 // ---------------------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------------------
-
-fn out_of_range(arg: &str, value: f64, range: &str) -> RlhfError {
-    RlhfError::OutOfRange {
-        arg: arg.into(),
-        value,
-        range: range.into(),
-    }
-}
-
-fn count_in(arg: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
-    if v < lo || v > hi {
-        return Err(out_of_range(
-            arg,
-            v as f64,
-            &format!("an integer in [{lo}, {hi}]"),
-        ));
-    }
-    Ok(())
-}
-
-fn to_vec(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(Vec::<f64>::try_from(
-        &t.detach().to_kind(Kind::Double).flatten(0, -1),
-    )?)
-}
-
-fn to_rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
-    Ok(Vec::<Vec<f64>>::try_from(
-        &t.detach().to_kind(Kind::Double),
-    )?)
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.f_double_value(&[])?)
-}
 
 fn from_rows(rows: &[Vec<f64>]) -> Tensor {
     let cols = rows.first().map_or(0, |r| r.len()) as i64;
@@ -144,8 +110,8 @@ impl Default for ProblemConfig {
 
 impl ProblemConfig {
     fn validate(&self) -> Result<()> {
-        count_in("horizon", self.horizon, 1, 32)?;
-        count_in("n_actions", self.n_actions, 2, 32)?;
+        check::count_in("horizon", self.horizon, 1, 32)?;
+        check::count_in("n_actions", self.n_actions, 2, 32)?;
         check::finite_scalar("reward_mean", self.reward_mean)?;
         check::non_negative("reward_spread", self.reward_spread)?;
         check::non_negative("reward_noise", self.reward_noise)?;
@@ -181,15 +147,15 @@ impl TabularProblem {
     pub fn new(theta: Vec<Vec<f64>>, mu: Vec<Vec<f64>>, reward_noise: f64) -> Result<Self> {
         let t = theta.len();
         let a = theta.first().map_or(0, |r| r.len());
-        count_in("theta rows (T)", t, 1, 32)?;
-        count_in("theta columns (A)", a, 2, 32)?;
+        check::count_in("theta rows (T)", t, 1, 32)?;
+        check::count_in("theta columns (A)", a, 2, 32)?;
         for (name, m) in [("theta", &theta), ("mu", &mu)] {
             if m.len() != t || m.iter().any(|r| r.len() != a) {
-                return Err(RlhfError::Shape {
-                    arg: name.into(),
-                    got: vec![m.len() as i64, m.first().map_or(0, |r| r.len()) as i64],
-                    expected: format!("[{t}, {a}] with equal-length rows"),
-                });
+                return Err(RlhfError::shape(
+                    name,
+                    vec![m.len() as i64, m.first().map_or(0, |r| r.len()) as i64],
+                    format!("[{t}, {a}] with equal-length rows"),
+                ));
             }
             if m.iter().flatten().any(|x| !x.is_finite()) {
                 return Err(RlhfError::NonFinite {
@@ -278,7 +244,7 @@ fn sample(theta: &Tensor, mu: &Tensor, sigma: f64, n: i64) -> Result<Episodes> {
 
 /// Sample `n_episodes` episodes of `problem` after `tch::manual_seed(seed)`.
 pub fn sample_episodes(problem: &TabularProblem, n_episodes: usize, seed: i64) -> Result<Episodes> {
-    count_in("n_episodes", n_episodes, 1, 1 << 20)?;
+    check::count_in("n_episodes", n_episodes, 1, 1 << 20)?;
     tch::manual_seed(seed);
     sample(
         &problem.theta_tensor(),
@@ -342,11 +308,11 @@ pub fn estimator_weights(
 ) -> Result<Tensor> {
     let (n, t) = episodes.rewards.size2()?;
     if t != problem.horizon as i64 || episodes.actions.size() != [n, t] {
-        return Err(RlhfError::Shape {
-            arg: "episodes".into(),
-            got: episodes.actions.size(),
-            expected: format!("[N, {}] actions and rewards", problem.horizon),
-        });
+        return Err(RlhfError::shape(
+            "episodes",
+            episodes.actions.size(),
+            format!("[N, {}] actions and rewards", problem.horizon),
+        ));
     }
     let mask = Tensor::ones([n, t], F64);
     // Rewards-to-go G_t = Σ_{t'≥t} r_{t'} (γ = 1), the core library's returns.
@@ -358,12 +324,12 @@ pub fn estimator_weights(
         Estimator::LeaveOneOutBaseline => {
             let k = group_size as i64;
             if group_size < 2 || n % k != 0 {
-                return Err(RlhfError::Invalid {
-                    arg: "group_size".into(),
-                    reason: format!(
+                return Err(RlhfError::invalid(
+                    "group_size",
+                    format!(
                         "the leave-one-out baseline needs K >= 2 dividing N = {n}, got K = {k}"
                     ),
-                });
+                ));
             }
             // (N, T) → groups (N/K, K, T) → (N/K·T, K): one RLOO group per (group, step).
             let g = rtg()?;
@@ -395,7 +361,7 @@ pub fn estimator_weights(
 /// Per-episode gradient estimates (N, T, A): `ĝ_n = ∇_θ Σ_t log π_t(a_{n,t})·w_{n,t}`, by autograd.
 ///
 /// θ is replicated into an (N, T, A) leaf so one backward pass yields every episode's own gradient;
-/// `log π_t(a_t)` comes from [`crate::logprobs::token_log_probs`] on logits θ (the LLM's
+/// `log π_t(a_t)` comes from [`crate::core::logprobs::token_log_probs`] on logits θ (the LLM's
 /// `logprobs_from_logits`), so the row t of `ĝ_n` is `(onehot(a_t) − π_t)·w_t`.
 pub fn per_episode_gradients(
     problem: &TabularProblem,
@@ -432,7 +398,11 @@ pub fn exact_total_variance(
     group_size: usize,
 ) -> Result<f64> {
     if estimator == Estimator::LeaveOneOutBaseline && group_size < 2 {
-        return Err(out_of_range("group_size", group_size as f64, ">= 2"));
+        return Err(RlhfError::out_of_range(
+            "group_size",
+            group_size as f64,
+            ">= 2",
+        ));
     }
     let s2 = problem.reward_noise * problem.reward_noise;
     let steps = problem.horizon;
@@ -501,7 +471,7 @@ pub fn exact_batch_mean_variance(
     estimator: Estimator,
     batch_size: usize,
 ) -> Result<f64> {
-    count_in("batch_size", batch_size, 1, 1 << 20)?;
+    check::count_in("batch_size", batch_size, 1, 1 << 20)?;
     let b = batch_size as f64;
     match estimator {
         Estimator::LeaveOneOutBaseline => {
@@ -548,25 +518,22 @@ impl Default for EstimatorConfig {
 impl EstimatorConfig {
     fn validate(&self) -> Result<()> {
         self.problem.validate()?;
-        count_in("n_episodes", self.n_episodes, 64, 1 << 18)?;
-        count_in("group_size", self.group_size, 2, self.n_episodes / 2)?;
+        check::count_in("n_episodes", self.n_episodes, 64, 1 << 18)?;
+        check::count_in("group_size", self.group_size, 2, self.n_episodes / 2)?;
         if self.n_episodes % self.group_size != 0 {
-            return Err(RlhfError::Invalid {
-                arg: "group_size".into(),
-                reason: format!(
+            return Err(RlhfError::invalid(
+                "group_size",
+                format!(
                     "must divide n_episodes = {}, got {}",
                     self.n_episodes, self.group_size
                 ),
-            });
+            ));
         }
         if self.batch_sizes.is_empty() {
-            return Err(RlhfError::Invalid {
-                arg: "batch_sizes".into(),
-                reason: "empty".into(),
-            });
+            return Err(RlhfError::invalid("batch_sizes", "empty"));
         }
         for &b in &self.batch_sizes {
-            count_in("batch_sizes", b, 2, self.n_episodes / 16)?;
+            check::count_in("batch_sizes", b, 2, self.n_episodes / 16)?;
         }
         Ok(())
     }
@@ -834,16 +801,13 @@ pub struct IsRow {
 pub fn importance_sampling_study(cfg: &IsConfig) -> Result<Vec<IsRow>> {
     cfg.problem.validate()?;
     if cfg.alphas.is_empty() {
-        return Err(RlhfError::Invalid {
-            arg: "alphas".into(),
-            reason: "empty".into(),
-        });
+        return Err(RlhfError::invalid("alphas", "empty"));
     }
     for &a in &cfg.alphas {
         check::non_negative("alphas", a)?;
     }
     check::non_negative("direction_scale", cfg.direction_scale)?;
-    count_in("n_episodes", cfg.n_episodes, 2, 1 << 18)?;
+    check::count_in("n_episodes", cfg.n_episodes, 2, 1 << 18)?;
     let problem = build_problem(&cfg.problem)?;
     tch::manual_seed(cfg.seed);
     let (t, a) = (problem.horizon as i64, problem.n_actions as i64);
@@ -984,26 +948,30 @@ impl Default for ClipConfig {
 impl ClipConfig {
     fn validate(&self) -> Result<()> {
         if !(self.clip_eps.is_finite() && self.clip_eps > 0.0 && self.clip_eps < 1.0) {
-            return Err(out_of_range("clip_eps", self.clip_eps, "in (0, 1)"));
+            return Err(RlhfError::out_of_range(
+                "clip_eps",
+                self.clip_eps,
+                "in (0, 1)",
+            ));
         }
         if let Some(c) = self.dual_clip {
             if !(c.is_finite() && c > 1.0) {
-                return Err(out_of_range("dual_clip", c, "finite and > 1"));
+                return Err(RlhfError::out_of_range("dual_clip", c, "finite and > 1"));
             }
         }
         check::positive("ratio_min", self.ratio_min)?;
         check::finite_scalar("ratio_max", self.ratio_max)?;
         if self.ratio_max <= self.ratio_min {
-            return Err(out_of_range(
+            return Err(RlhfError::out_of_range(
                 "ratio_max",
                 self.ratio_max,
                 &format!("> ratio_min = {}", self.ratio_min),
             ));
         }
-        count_in("n_ratios", self.n_ratios, 2, 100_000)?;
+        check::count_in("n_ratios", self.n_ratios, 2, 100_000)?;
         check::positive("advantage", self.advantage)?;
         check::positive("advantage_max", self.advantage_max)?;
-        count_in("n_advantages", self.n_advantages, 2, 10_000)?;
+        check::count_in("n_advantages", self.n_advantages, 2, 10_000)?;
         Ok(())
     }
 }
@@ -1054,7 +1022,7 @@ fn clip_loss_config(eps: f64, dual_clip: Option<f64>) -> PolicyLossConfig {
 }
 
 /// `L^CLIP(r) = min(r·A, clip(r, 1−ε, 1+ε)·A)` (Schulman et al. 2017 eq. 7; seed 000 §1.2, seed 003
-/// `max(pg_losses, pg_losses2)` negated), evaluated by calling [`crate::ppo::policy_loss`] with
+/// `max(pg_losses, pg_losses2)` negated), evaluated by calling [`crate::core::ppo::policy_loss`] with
 /// `log π = log r`, `log π_old = 0`.
 pub fn clip_curves(cfg: &ClipConfig) -> Result<ClipCurves> {
     cfg.validate()?;
@@ -1094,7 +1062,7 @@ pub struct ClipSurface {
     pub objective: Vec<Vec<f64>>,
 }
 
-/// The clipped objective over ratio × advantage in one [`crate::ppo::policy_loss`] call on an
+/// The clipped objective over ratio × advantage in one [`crate::core::ppo::policy_loss`] call on an
 /// (n_advantages, n_ratios) batch. The dual clip is not applied here.
 pub fn clip_surface(cfg: &ClipConfig) -> Result<ClipSurface> {
     cfg.validate()?;
@@ -1152,7 +1120,7 @@ pub struct ValueClipCurve {
     pub ret: f64,
     pub clip: f64,
     pub values: Vec<f64>,
-    /// `½·max((V − R)², (clip(V, V_old ± c) − R)²)` from [`crate::ppo::value_loss`].
+    /// `½·max((V − R)², (clip(V, V_old ± c) − R)²)` from [`crate::core::ppo::value_loss`].
     pub loss_clipped: Vec<f64>,
     /// `½·(V − R)²` (value_loss with `clip: None`).
     pub loss_unclipped: Vec<f64>,
@@ -1165,7 +1133,7 @@ pub struct ValueClipCurve {
 }
 
 /// Clipped value loss (seed 003 `vf_losses2 = (vpredclipped − returns)²`, `max(vf_losses1, vf_losses2)`;
-/// TRL / OpenRLHF / verl) along V for fixed V_old and R, from [`crate::ppo::value_loss`].
+/// TRL / OpenRLHF / verl) along V for fixed V_old and R, from [`crate::core::ppo::value_loss`].
 pub fn value_clip_curve(cfg: &ValueClipConfig) -> Result<ValueClipCurve> {
     check::finite_scalar("old_value", cfg.old_value)?;
     check::finite_scalar("ret", cfg.ret)?;
@@ -1173,13 +1141,13 @@ pub fn value_clip_curve(cfg: &ValueClipConfig) -> Result<ValueClipCurve> {
     check::finite_scalar("value_min", cfg.value_min)?;
     check::finite_scalar("value_max", cfg.value_max)?;
     if cfg.value_max <= cfg.value_min {
-        return Err(out_of_range(
+        return Err(RlhfError::out_of_range(
             "value_max",
             cfg.value_max,
             &format!("> value_min = {}", cfg.value_min),
         ));
     }
-    count_in("n_points", cfg.n_points, 2, 100_000)?;
+    check::count_in("n_points", cfg.n_points, 2, 100_000)?;
     let values = grid(cfg.value_min, cfg.value_max, cfg.n_points);
     let v0 = Tensor::from_slice(&values).unsqueeze(0);
     let old = v0.ones_like() * cfg.old_value;

@@ -24,9 +24,9 @@
 //!    (reference) via [`token_log_probs`], values (critic), all response-aligned (B, L); scores (B,) from
 //!    the RM;
 //! 3. [`ppo_experience`]: `r_t = −β·KL_t` with the score added on the **last real response token** (seed 001
-//!    §3.2.4, [`crate::rewards::kl_shaped_rewards`], `ScorePlacement::LastResponseToken` — never on a pad),
-//!    GAE(γ, λ) (Schulman et al. 2016 eq. 16, [`crate::advantages::gae`]), `returns = A + V`, advantages
-//!    whitened over response tokens ([`crate::masked::masked_whiten`], TRL);
+//!    §3.2.4, [`crate::core::kl_shaping::kl_shaped_rewards`], `ScorePlacement::LastResponseToken` — never on a pad),
+//!    GAE(γ, λ) (Schulman et al. 2016 eq. 16, [`crate::core::advantages::gae`]), `returns = A + V`, advantages
+//!    whitened over response tokens ([`crate::core::masked::masked_whiten`], TRL);
 //! 4. `ppo_epochs` passes over `num_minibatches` shuffled minibatches: recompute log-probs, entropy and
 //!    values; clipped surrogate [`policy_loss`] (Schulman et al. 2017 eq. 7), clipped [`value_loss`]
 //!    (seed 003 `vf_loss`), [`total_loss`] `= pg + vf_coef·vf − entropy_coef·H` (eq. 9); Adam steps on actor
@@ -48,17 +48,19 @@
 //! with `seed`, not from libtorch's global generator, so a run is reproducible bit for bit even when
 //! several runs share a process (parallel tests). A default run (40 iterations) takes about 3 s of one CPU core.
 
+use super::scalar;
 use super::SingleThread;
-use crate::conventions::Conventions;
-use crate::error::{Result, RlhfError};
-use crate::experience::ppo_experience;
-use crate::kl::KlEstimator;
-use crate::logprobs::{entropy, token_log_probs};
-use crate::masked::{masked_mean, masked_var, EmptyRows};
-use crate::ppo::{
+use crate::core::check;
+use crate::core::conventions::Conventions;
+use crate::core::experience::ppo_experience;
+use crate::core::kl::KlEstimator;
+use crate::core::logprobs::{entropy, token_log_probs};
+use crate::core::masked::{masked_mean, masked_var, EmptyRows};
+use crate::core::ppo::{
     entropy_bonus, policy_loss, total_loss, value_loss, AdaptiveKlController, FixedKlController,
     KlController,
 };
+use crate::error::{Result, RlhfError};
 use crate::rng::SplitMix64 as Rng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module, OptimizerConfig, RNN};
@@ -216,36 +218,25 @@ impl Default for PpoLoopConfig {
     }
 }
 
-fn at_least(arg: &str, v: usize, min: usize, max: usize) -> Result<()> {
-    if v < min || v > max {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v as f64,
-            range: format!("an integer in [{min}, {max}]"),
-        });
-    }
-    Ok(())
-}
-
 impl PpoLoopConfig {
     /// Typed errors for every out-of-range field.
     pub fn validate(&self) -> Result<()> {
-        use crate::check::{in_unit_interval, non_negative, positive};
-        at_least("iterations", self.iterations, 1, 100_000)?;
-        at_least("batch_size", self.batch_size, 2, 65_536)?;
-        at_least("num_minibatches", self.num_minibatches, 1, self.batch_size)?;
+        use crate::core::check::{in_unit_interval, non_negative, positive};
+        check::count_in("iterations", self.iterations, 1, 100_000)?;
+        check::count_in("batch_size", self.batch_size, 2, 65_536)?;
+        check::count_in("num_minibatches", self.num_minibatches, 1, self.batch_size)?;
         if self.batch_size % self.num_minibatches != 0 {
-            return Err(RlhfError::Invalid {
-                arg: "num_minibatches".into(),
-                reason: format!(
+            return Err(RlhfError::invalid(
+                "num_minibatches",
+                format!(
                     "{} minibatches do not divide batch_size = {}",
                     self.num_minibatches, self.batch_size
                 ),
-            });
+            ));
         }
-        at_least("ppo_epochs", self.ppo_epochs, 1, 1_000)?;
-        at_least("max_response_len", self.max_response_len, 1, 64)?;
-        at_least("hidden", self.hidden, 1, 1_024)?;
+        check::count_in("ppo_epochs", self.ppo_epochs, 1, 1_000)?;
+        check::count_in("max_response_len", self.max_response_len, 1, 64)?;
+        check::count_in("hidden", self.hidden, 1, 1_024)?;
         positive("lr", self.lr)?;
         non_negative("kl_coef", self.kl_coef)?;
         if let Some(t) = self.kl_target {
@@ -256,11 +247,11 @@ impl PpoLoopConfig {
         in_unit_interval("gamma", self.gamma)?;
         in_unit_interval("lam", self.lam)?;
         if !(self.cliprange.is_finite() && self.cliprange > 0.0 && self.cliprange < 1.0) {
-            return Err(RlhfError::OutOfRange {
-                arg: "cliprange".into(),
-                value: self.cliprange,
-                range: "in (0, 1)".into(),
-            });
+            return Err(RlhfError::out_of_range(
+                "cliprange",
+                self.cliprange,
+                "in (0, 1)",
+            ));
         }
         positive("cliprange_value", self.cliprange_value)?;
         non_negative("vf_coef", self.vf_coef)?;
@@ -428,11 +419,11 @@ impl ExperienceBatch {
     /// Row `b` laid out position by position.
     pub fn row(&self, b: usize) -> Result<ExperienceRow> {
         if b >= self.batch_size() {
-            return Err(RlhfError::OutOfRange {
-                arg: "row".into(),
-                value: b as f64,
-                range: format!("< batch size {}", self.batch_size()),
-            });
+            return Err(RlhfError::out_of_range(
+                "row",
+                b as f64,
+                format!("< batch size {}", self.batch_size()),
+            ));
         }
         let ids = Vec::<i64>::try_from(self.responses.get(b as i64))?;
         let mask = Vec::<bool>::try_from(self.mask.get(b as i64))?;
@@ -514,10 +505,6 @@ pub struct PpoTrainer {
     kl_ctl: Box<dyn KlController + Send>,
     rng: Rng,
     iteration: usize,
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_kind(Kind::Double).f_double_value(&[])?)
 }
 
 impl PpoTrainer {

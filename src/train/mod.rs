@@ -1,6 +1,11 @@
-//! Training loops and their parts: the AdamW optimiser with saveable state ([`optim`]), the learning-rate
-//! schedule ([`schedule`]), and supervised fine-tuning / language-model training of the GPT ([`sft`]).
+//! Layer 4, training loops and their parts: the AdamW optimiser with saveable state ([`optim`]), the
+//! learning-rate schedule ([`schedule`]), the config sections every trainer shares ([`config`]), the run
+//! directory every trainer writes through — resume, checkpoints, metrics, manifest, progress, report
+//! ([`run`], [`report`]) — and the trainers: supervised fine-tuning ([`sft`]).
 
+pub mod config;
 pub mod optim;
+pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod sft;

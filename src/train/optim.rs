@@ -37,15 +37,11 @@ impl AdamWConfig {
     pub fn validate(&self) -> Result<()> {
         for (arg, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(b.is_finite() && (0.0..1.0).contains(&b)) {
-                return Err(RlhfError::OutOfRange {
-                    arg: arg.into(),
-                    value: b,
-                    range: "in [0, 1)".into(),
-                });
+                return Err(RlhfError::out_of_range(arg, b, "in [0, 1)"));
             }
         }
-        crate::check::positive("eps", self.eps)?;
-        crate::check::non_negative("weight_decay", self.weight_decay)
+        crate::core::check::positive("eps", self.eps)?;
+        crate::core::check::non_negative("weight_decay", self.weight_decay)
     }
 }
 
@@ -106,7 +102,7 @@ impl AdamW {
         let slots = named
             .into_iter()
             .map(|(name, param)| {
-                crate::check::float(&name, &param)?;
+                crate::core::check::float(&name, &param)?;
                 let decay = param.dim() >= 2;
                 let exp_avg = tch::no_grad(|| param.zeros_like());
                 let exp_avg_sq = tch::no_grad(|| param.zeros_like());
@@ -159,7 +155,7 @@ impl AdamW {
 
     /// One AdamW update with learning rate `lr` (see the type's documentation).
     pub fn step(&mut self, lr: f64) -> Result<()> {
-        crate::check::non_negative("lr", lr)?;
+        crate::core::check::non_negative("lr", lr)?;
         self.step += 1;
         let t = self.step as f64;
         let bias_correction1 = 1.0 - self.cfg.beta1.powf(t);
@@ -258,7 +254,7 @@ impl AdamW {
 /// A non-finite norm is an error ([`RlhfError::NonFinite`] on `gradients`) instead of torch's silent
 /// NaN-scaling (`error_if_nonfinite=False`); gradients are untouched then.
 pub fn clip_grad_norm(params: &[&Tensor], max_norm: f64) -> Result<f64> {
-    crate::check::positive("max_norm", max_norm)?;
+    crate::core::check::positive("max_norm", max_norm)?;
     let grads: Vec<Tensor> = params
         .iter()
         .map(|p| p.grad())

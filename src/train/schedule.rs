@@ -1,6 +1,6 @@
 //! Learning-rate schedule: linear warm-up, then cosine decay to a floor.
 
-use crate::check;
+use crate::core::check;
 use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
 
@@ -34,18 +34,18 @@ impl CosineSchedule {
         check::positive("lr", lr)?;
         check::non_negative("min_lr", min_lr)?;
         if min_lr > lr {
-            return Err(RlhfError::OutOfRange {
-                arg: "min_lr".into(),
-                value: min_lr,
-                range: format!("<= lr ({lr})"),
-            });
+            return Err(RlhfError::out_of_range(
+                "min_lr",
+                min_lr,
+                format!("<= lr ({lr})"),
+            ));
         }
         if warmup_steps > decay_steps {
-            return Err(RlhfError::OutOfRange {
-                arg: "warmup_steps".into(),
-                value: warmup_steps as f64,
-                range: format!("<= the decay steps ({decay_steps})"),
-            });
+            return Err(RlhfError::out_of_range(
+                "warmup_steps",
+                warmup_steps as f64,
+                format!("<= the decay steps ({decay_steps})"),
+            ));
         }
         Ok(CosineSchedule {
             lr,

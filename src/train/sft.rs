@@ -11,7 +11,7 @@
 //!
 //! **Prompt masking.** Every stream token carries a loss flag; only targets whose flag is set count in
 //! the loss (the `labels = -100` convention of HF `transformers`, here as an explicit `(B, T)` 0/1 mask
-//! passed to [`crate::logprobs::token_log_probs`] and [`crate::masked::aggregate`]). With
+//! passed to [`crate::core::logprobs::token_log_probs`] and [`crate::core::masked::aggregate`]). With
 //! `data.source = "reviews"` and `data.prompt_tokens = k > 0`, the first `k` tokens of each review are
 //! its "prompt" and carry no loss: the model is conditioned on them but trained only on the
 //! continuation ("response") and the EOS; `k = 0` is plain language modelling. With
@@ -45,41 +45,24 @@
 //! config ran 4.5× faster with `threads = 1` than with 2 (3,194 vs 703 tokens/s), hence the configs
 //! pin `threads`.
 
+use crate::core::masked::{aggregate, EmptyRows, LossAgg};
 use crate::data::lm_texts;
 use crate::error::{Result, RlhfError};
-use crate::masked::{aggregate, EmptyRows, LossAgg};
 use crate::model::gpt::{Gpt, GptConfig};
+use crate::model::tokenizer::{BpeConfig, Tokenizer};
 use crate::model::CausalLm;
-use crate::report::{self, RunManifest};
 use crate::rng::SplitMix64;
-use crate::tokenizer::{BpeConfig, Tokenizer};
-use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::train::schedule::CosineSchedule;
+use crate::train::config::{self, TrainConfig};
+pub use crate::train::config::{ModelSection, OptimSection};
+use crate::train::optim::{clip_grad_norm, AdamW};
+use crate::train::report::{self, Panel, Series};
+use crate::train::run::{self, CheckpointState, Run};
+/// SFT runs with the shared run options ([`crate::train::run::RunOptions`]).
+pub use crate::train::run::{ResumeMode, RunOptions as SftOptions};
 use serde::{Deserialize, Serialize};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
-
-/// Architecture of the trained GPT; the vocabulary size comes from the tokenizer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    /// Context length (learned positions); ≥ `data.block_size`.
-    pub n_positions: i64,
-    pub n_embd: i64,
-    pub n_layer: i64,
-    /// Must divide `n_embd`.
-    pub n_head: i64,
-    #[serde(default)]
-    pub dropout: f64,
-    #[serde(default = "default_ln_eps")]
-    pub layer_norm_epsilon: f64,
-}
-
-fn default_ln_eps() -> f64 {
-    1e-5
-}
 
 /// Which tokenizer: trained here on the training texts (`vocab_size`, `min_frequency`), or an existing
 /// `tokenizer.json` (`path`). Either way a copy is saved as `tokenizer.json` in the run directory.
@@ -130,49 +113,6 @@ fn default_source() -> String {
     "reviews".into()
 }
 
-/// Optimisation: AdamW + warm-up/cosine schedule + global-norm clipping.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimSection {
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_steps: u64,
-    pub max_steps: u64,
-    pub batch_size: i64,
-    #[serde(default = "one")]
-    pub grad_accum: i64,
-    /// Max global gradient norm (`clip_grad_norm_`); 0 = no clipping.
-    #[serde(default = "default_clip")]
-    pub grad_clip: f64,
-    #[serde(default = "default_wd")]
-    pub weight_decay: f64,
-    #[serde(default = "default_beta1")]
-    pub beta1: f64,
-    #[serde(default = "default_beta2")]
-    pub beta2: f64,
-    #[serde(default = "default_eps")]
-    pub eps: f64,
-}
-
-fn one() -> i64 {
-    1
-}
-fn default_clip() -> f64 {
-    1.0
-}
-fn default_wd() -> f64 {
-    0.1
-}
-fn default_beta1() -> f64 {
-    0.9
-}
-fn default_beta2() -> f64 {
-    0.95
-}
-fn default_eps() -> f64 {
-    1e-8
-}
-
 /// A whole SFT run configuration (`configs/sft-*.toml`). Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,64 +150,32 @@ fn two() -> usize {
 }
 
 impl SftConfig {
-    /// Parses and validates a TOML file. Every problem (unreadable file, syntax, unknown key, bad
-    /// value) is [`RlhfError::Config`] naming the file.
+    /// Parses and validates a TOML file ([`config::from_file`]).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| RlhfError::Config {
-            source_name: name.clone(),
-            reason: e.to_string(),
-        })?;
-        Self::from_toml(&text, &name)
+        config::from_file(path)
     }
 
     /// Parses and validates TOML text; `source_name` names it in errors.
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self> {
-        let cfg: SftConfig = toml::from_str(text).map_err(|e| RlhfError::Config {
-            source_name: source_name.into(),
-            reason: e.to_string(),
-        })?;
-        cfg.validate().map_err(|e| RlhfError::Config {
-            source_name: source_name.into(),
-            reason: e.to_string(),
-        })?;
-        Ok(cfg)
+        config::from_toml(text, source_name)
+    }
+
+    /// The GPT architecture for a tokenizer of `vocab_size` tokens.
+    pub fn gpt_config(&self, vocab_size: i64) -> GptConfig {
+        self.model.gpt_config(vocab_size)
     }
 
     /// Range checks across sections (also run by [`run_sft`]).
     pub fn validate(&self) -> Result<()> {
-        use crate::check::{at_least, non_negative};
+        use crate::core::check::at_least;
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
-            return Err(RlhfError::Invalid {
-                arg: "name".into(),
-                reason: format!("{:?} must be a plain directory name", self.name),
-            });
+            return Err(RlhfError::invalid(
+                "name",
+                format!("{:?} must be a plain directory name", self.name),
+            ));
         }
         let m = &self.model;
-        at_least("model.n_embd", m.n_embd, 1)?;
-        at_least("model.n_head", m.n_head, 1)?;
-        at_least("model.n_layer", m.n_layer, 1)?;
-        at_least("model.n_positions", m.n_positions, 2)?;
-        if m.n_embd % m.n_head != 0 {
-            return Err(RlhfError::Invalid {
-                arg: "model.n_head".into(),
-                reason: format!(
-                    "n_embd = {} is not divisible by n_head = {}",
-                    m.n_embd, m.n_head
-                ),
-            });
-        }
-        if !(m.dropout.is_finite() && (0.0..1.0).contains(&m.dropout)) {
-            return Err(RlhfError::OutOfRange {
-                arg: "model.dropout".into(),
-                value: m.dropout,
-                range: "in [0, 1)".into(),
-            });
-        }
-        crate::check::positive("model.layer_norm_epsilon", m.layer_norm_epsilon)?;
-        // The model's own checks too (with the smallest vocabulary a trained tokenizer can have).
-        self.gpt_config(258).validate()?;
+        m.validate()?;
         if self.tokenizer.path.is_none() {
             at_least(
                 "tokenizer.vocab_size",
@@ -283,41 +191,38 @@ impl SftConfig {
         match (self.data.source.as_str(), &self.data.path) {
             ("reviews", None) => {}
             ("reviews", Some(_)) => {
-                return Err(RlhfError::Invalid {
-                    arg: "data.path".into(),
-                    reason: "only used with source = \"preferences\"".into(),
-                })
+                return Err(RlhfError::invalid(
+                    "data.path",
+                    "only used with source = \"preferences\"",
+                ))
             }
             ("preferences", None) => {
-                return Err(RlhfError::Invalid {
-                    arg: "data.path".into(),
-                    reason: "source = \"preferences\" needs the JSONL file".into(),
-                })
+                return Err(RlhfError::invalid(
+                    "data.path",
+                    "source = \"preferences\" needs the JSONL file",
+                ))
             }
             ("preferences", Some(_)) if self.data.prompt_tokens > 0 => {
-                return Err(RlhfError::Invalid {
-                    arg: "data.prompt_tokens".into(),
-                    reason: "preference data mask their prompt already; leave prompt_tokens at 0"
-                        .into(),
-                })
+                return Err(RlhfError::invalid(
+                    "data.prompt_tokens",
+                    "preference data mask their prompt already; leave prompt_tokens at 0",
+                ))
             }
             ("preferences", Some(_)) => {}
             (other, _) => {
-                return Err(RlhfError::Invalid {
-                    arg: "data.source".into(),
-                    reason: format!(
-                        "unknown source {other:?} (known: \"reviews\", \"preferences\")"
-                    ),
-                })
+                return Err(RlhfError::invalid(
+                    "data.source",
+                    format!("unknown source {other:?} (known: \"reviews\", \"preferences\")"),
+                ))
             }
         }
         at_least("data.block_size", self.data.block_size, 1)?;
         if self.data.block_size > m.n_positions {
-            return Err(RlhfError::OutOfRange {
-                arg: "data.block_size".into(),
-                value: self.data.block_size as f64,
-                range: format!("<= model.n_positions ({})", m.n_positions),
-            });
+            return Err(RlhfError::out_of_range(
+                "data.block_size",
+                self.data.block_size as f64,
+                format!("<= model.n_positions ({})", m.n_positions),
+            ));
         }
         for (arg, v) in [
             ("data.max_train_docs", self.data.max_train_docs),
@@ -327,14 +232,7 @@ impl SftConfig {
                 at_least(arg, v as i64, 1)?;
             }
         }
-        let o = &self.optim;
-        CosineSchedule::new(o.lr, o.min_lr, o.warmup_steps, o.max_steps)
-            .map_err(|e| prefix("optim", e))?;
-        at_least("optim.max_steps", o.max_steps as i64, 1)?;
-        at_least("optim.batch_size", o.batch_size, 1)?;
-        at_least("optim.grad_accum", o.grad_accum, 1)?;
-        non_negative("optim.grad_clip", o.grad_clip)?;
-        self.adamw().validate().map_err(|e| prefix("optim", e))?;
+        self.optim.validate()?;
         at_least("eval_interval", self.eval_interval as i64, 1)?;
         at_least("eval_batches", self.eval_batches, 1)?;
         at_least("checkpoint_interval", self.checkpoint_interval as i64, 1)?;
@@ -345,80 +243,12 @@ impl SftConfig {
         }
         Ok(())
     }
-
-    /// The AdamW hyper-parameters of `optim`.
-    pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig {
-            beta1: self.optim.beta1,
-            beta2: self.optim.beta2,
-            eps: self.optim.eps,
-            weight_decay: self.optim.weight_decay,
-        }
-    }
-
-    /// The learning-rate schedule (cosine decay ends at `max_steps`).
-    pub fn schedule(&self) -> Result<CosineSchedule> {
-        let o = &self.optim;
-        CosineSchedule::new(o.lr, o.min_lr, o.warmup_steps, o.max_steps)
-    }
-
-    /// The GPT architecture for a tokenizer of `vocab_size` tokens.
-    pub fn gpt_config(&self, vocab_size: i64) -> GptConfig {
-        let m = &self.model;
-        let mut g = GptConfig::new(vocab_size, m.n_positions, m.n_embd, m.n_layer, m.n_head)
-            .with_dropout(m.dropout);
-        g.layer_norm_epsilon = m.layer_norm_epsilon;
-        g
-    }
 }
 
-/// Prefixes the argument name of an error with its config section.
-fn prefix(section: &str, e: RlhfError) -> RlhfError {
-    match e {
-        RlhfError::OutOfRange { arg, value, range } => RlhfError::OutOfRange {
-            arg: format!("{section}.{arg}"),
-            value,
-            range,
-        },
-        RlhfError::Invalid { arg, reason } => RlhfError::Invalid {
-            arg: format!("{section}.{arg}"),
-            reason,
-        },
-        e => e,
+impl TrainConfig for SftConfig {
+    fn validate(&self) -> Result<()> {
+        SftConfig::validate(self)
     }
-}
-
-/// What to do with an existing run directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ResumeMode {
-    /// Resume from `checkpoints/latest.json` if the run directory has one, else start fresh.
-    #[default]
-    Auto,
-    /// Delete the run's checkpoints, metrics and reports and start over.
-    Fresh,
-    /// Resume; an error if there is no checkpoint.
-    Require,
-}
-
-/// How to run (not part of the config, so not part of what a resume must match).
-#[derive(Debug, Clone, Default)]
-pub struct SftOptions {
-    /// Run directory (default `reports/<name>` under the project root).
-    pub out_dir: Option<PathBuf>,
-    pub resume: ResumeMode,
-    /// The config file, recorded in the manifest.
-    pub config_file: Option<PathBuf>,
-    /// Show a progress bar (only ever on a terminal).
-    pub progress: bool,
-    /// Print one line per evaluation/checkpoint/resume to stderr.
-    pub verbose: bool,
-    /// Test hook: sleep this long after every step, so a test can kill the process mid-run.
-    pub step_delay_ms: u64,
-    /// Data directory (default [`crate::data::data_dir`]).
-    pub data_dir: Option<PathBuf>,
-    /// `report.html` loads plotly.js from its CDN instead of inlining it (≈ 10 kB instead of ≈ 7 MB,
-    /// but needs a network connection to show the figures).
-    pub plotly_cdn: bool,
 }
 
 /// One row of `metrics.csv`. Step 0 has only the validation columns.
@@ -575,7 +405,7 @@ fn batch_nll(model: &Gpt, batch: &Batch, train: bool) -> Result<Tensor> {
         .unsqueeze(0)
         .expand([b, t], true); // (B, T)
     let logits = model.forward(&batch.x, &attention_mask, &position_ids, None, train)?; // (B, T, V)
-    let logp = crate::logprobs::token_log_probs(&logits, &batch.y, &batch.mask)?; // (B, T)
+    let logp = crate::core::logprobs::token_log_probs(&logits, &batch.y, &batch.mask)?; // (B, T)
     Ok(-logp)
 }
 
@@ -591,14 +421,14 @@ fn evaluate(
     let available = (s.tokens.len().saturating_sub(1)) / t;
     let n = n_windows.min(available);
     if n == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "validation data".into(),
-            reason: format!(
+        return Err(RlhfError::invalid(
+            "validation data",
+            format!(
                 "{} validation tokens do not fill one window of block_size + 1 = {}",
                 s.tokens.len(),
                 t + 1
             ),
-        });
+        ));
     }
     let offsets: Vec<usize> = (0..n).map(|i| i * t).collect();
     let (mut nll_sum, mut count) = (0.0f64, 0i64);
@@ -615,366 +445,100 @@ fn evaluate(
         Ok(())
     })?;
     if count == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "validation data".into(),
-            reason: "no unmasked target token in the evaluation windows (prompt_tokens too large?)"
-                .into(),
-        });
+        return Err(RlhfError::invalid(
+            "validation data",
+            "no unmasked target token in the evaluation windows (prompt_tokens too large?)",
+        ));
     }
     let loss = nll_sum / count as f64;
     Ok((loss, loss.exp()))
 }
 
-/// `state.json` of a checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CkptState {
-    step: u64,
-    rng_state: u64,
-    tokens: u64,
-    config: serde_json::Value,
-    metrics: Vec<MetricsBits>,
+impl MetricsRow {
+    const COLUMNS: [&'static str; 5] = ["lr", "train_loss", "grad_norm", "val_loss", "val_ppl"];
 }
 
-/// A [`MetricsRow`] with every float stored as its IEEE-754 bit pattern: serde_json's default float
-/// parser may round the last bit (its `float_roundtrip` feature is off), which would break the
-/// bit-identical metrics of a resumed run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct MetricsBits {
-    step: u64,
-    tokens: u64,
-    /// `[lr, train_loss, grad_norm, val_loss, val_ppl]` as `f64::to_bits`, `None` where absent.
-    values: [Option<u64>; 5],
-}
-
-impl From<&MetricsRow> for MetricsBits {
-    fn from(r: &MetricsRow) -> Self {
-        let b = |v: Option<f64>| v.map(f64::to_bits);
-        MetricsBits {
-            step: r.step,
-            tokens: r.tokens,
-            values: [
-                b(r.lr),
-                b(r.train_loss),
-                b(r.grad_norm),
-                b(r.val_loss),
-                b(r.val_ppl),
-            ],
-        }
+impl run::MetricsRow for MetricsRow {
+    fn columns() -> &'static [&'static str] {
+        &Self::COLUMNS
     }
-}
-
-impl From<&MetricsBits> for MetricsRow {
-    fn from(r: &MetricsBits) -> Self {
-        let f = |i: usize| r.values[i].map(f64::from_bits);
-        MetricsRow {
-            step: r.step,
-            tokens: r.tokens,
-            lr: f(0),
-            train_loss: f(1),
-            grad_norm: f(2),
-            val_loss: f(3),
-            val_ppl: f(4),
-        }
+    fn step(&self) -> u64 {
+        self.step
     }
-}
-
-/// `latest.json`: which checkpoint directory is the newest complete one.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Latest {
-    step: u64,
-    dir: String,
-}
-
-const LATEST: &str = "latest.json";
-/// Subdirectory of the run directory holding `ckpt-<step>/` and `latest.json` (git-ignored as
-/// `/reports/*/checkpoints/`).
-const CHECKPOINTS: &str = "checkpoints";
-
-fn ckpt_name(step: u64) -> String {
-    format!("ckpt-{step:08}")
-}
-
-fn named_vars(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-fn remove_dir_if_exists(p: &Path) -> Result<()> {
-    if p.exists() {
-        std::fs::remove_dir_all(p).map_err(|e| RlhfError::io(p, e))?;
+    fn tokens(&self) -> u64 {
+        self.tokens
     }
-    Ok(())
-}
-
-/// The newest checkpoint of a run directory (`<run_dir>/checkpoints/<latest.json's dir>`), holding
-/// `model.safetensors` + `config.json` for [`Gpt::load_checkpoint`]; `None` when the run has none yet.
-pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
-    let ckpt_root = run_dir.join(CHECKPOINTS);
-    let latest_path = ckpt_root.join(LATEST);
-    if !latest_path.is_file() {
-        return Ok(None);
-    }
-    let latest: Latest = crate::io::read_json(&latest_path)?;
-    Ok(Some(ckpt_root.join(latest.dir)))
-}
-
-/// Writes `<ckpt_root>/ckpt-<step>/` (via a temporary directory + rename), points
-/// `<ckpt_root>/latest.json` at it, prunes old ones.
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    ckpt_root: &Path,
-    vs: &nn::VarStore,
-    gpt_cfg: &GptConfig,
-    opt: &AdamW,
-    state: &CkptState,
-    keep: usize,
-) -> Result<()> {
-    let name = ckpt_name(state.step);
-    let tmp = ckpt_root.join(format!(".{name}.tmp"));
-    remove_dir_if_exists(&tmp)?;
-    crate::model::gpt::save_checkpoint(&tmp, vs, gpt_cfg)?;
-    opt.save(tmp.join("optimizer.safetensors"))?;
-    crate::io::write_json(tmp.join("state.json"), state)?;
-    let dst = ckpt_root.join(&name);
-    remove_dir_if_exists(&dst)?;
-    std::fs::rename(&tmp, &dst).map_err(|e| RlhfError::io(&dst, e))?;
-    if let Ok(f) = std::fs::File::open(ckpt_root) {
-        let _ = f.sync_all();
-    }
-    crate::io::write_json(
-        ckpt_root.join(LATEST),
-        &Latest {
-            step: state.step,
-            dir: name.clone(),
-        },
-    )?;
-    // Prune: keep the newest `keep` checkpoints (the one just written among them).
-    let mut steps: Vec<(u64, PathBuf)> = std::fs::read_dir(ckpt_root)
-        .map_err(|e| RlhfError::io(ckpt_root, e))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().to_string();
-            n.strip_prefix("ckpt-")
-                .and_then(|s| s.parse::<u64>().ok())
-                .map(|s| (s, e.path()))
-        })
-        .collect();
-    steps.sort();
-    let n = steps.len();
-    for (s, p) in steps.into_iter().take(n.saturating_sub(keep)) {
-        if s != state.step {
-            remove_dir_if_exists(&p)?;
-        }
-    }
-    Ok(())
-}
-
-/// Files a run writes into its directory (removed by [`ResumeMode::Fresh`]).
-fn clear_run_dir(run_dir: &Path) -> Result<()> {
-    if !run_dir.exists() {
-        return Ok(());
-    }
-    for e in std::fs::read_dir(run_dir).map_err(|e| RlhfError::io(run_dir, e))? {
-        let e = e.map_err(|e| RlhfError::io(run_dir, e))?;
-        let n = e.file_name().to_string_lossy().to_string();
-        let p = e.path();
-        if n == CHECKPOINTS {
-            remove_dir_if_exists(&p)?;
-        } else if [
-            "metrics.csv",
-            "manifest.json",
-            "report.html",
-            "tokenizer.json",
-        ]
-        .contains(&n.as_str())
-        {
-            std::fs::remove_file(&p).map_err(|e| RlhfError::io(&p, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// The metrics rows as a polars `DataFrame` (nulls where a column does not apply).
-pub fn metrics_frame(rows: &[MetricsRow]) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::{Column, DataFrame};
-    let col_f = |name: &str, f: &dyn Fn(&MetricsRow) -> Option<f64>| {
-        Column::new(
-            name.into(),
-            rows.iter().map(f).collect::<Vec<Option<f64>>>(),
-        )
-    };
-    let df = DataFrame::new(
-        rows.len(),
+    fn values(&self) -> Vec<Option<f64>> {
         vec![
-            Column::new(
-                "step".into(),
-                rows.iter().map(|r| r.step).collect::<Vec<u64>>(),
-            ),
-            Column::new(
-                "tokens".into(),
-                rows.iter().map(|r| r.tokens).collect::<Vec<u64>>(),
-            ),
-            col_f("lr", &|r| r.lr),
-            col_f("train_loss", &|r| r.train_loss),
-            col_f("grad_norm", &|r| r.grad_norm),
-            col_f("val_loss", &|r| r.val_loss),
-            col_f("val_ppl", &|r| r.val_ppl),
-        ],
-    )?;
-    Ok(df)
+            self.lr,
+            self.train_loss,
+            self.grad_norm,
+            self.val_loss,
+            self.val_ppl,
+        ]
+    }
+    fn from_values(step: u64, tokens: u64, v: &[Option<f64>]) -> Self {
+        let at = |i: usize| v.get(i).copied().flatten();
+        MetricsRow {
+            step,
+            tokens,
+            lr: at(0),
+            train_loss: at(1),
+            grad_norm: at(2),
+            val_loss: at(3),
+            val_ppl: at(4),
+        }
+    }
 }
 
-fn write_metrics(run_dir: &Path, rows: &[MetricsRow]) -> Result<()> {
-    let mut df = metrics_frame(rows)?;
-    report::write_csv(run_dir.join("metrics.csv"), &mut df)
-}
-
-fn write_report(
-    run_dir: &Path,
-    rows: &[MetricsRow],
-    manifest: &RunManifest,
-    plotly_cdn: bool,
-) -> Result<()> {
-    use plotly::common::{Mode, Title};
-    use plotly::layout::{Axis, AxisType, Layout};
-    use plotly::{Plot, Scatter};
-    let series = |f: &dyn Fn(&MetricsRow) -> Option<f64>| -> (Vec<u64>, Vec<f64>) {
-        rows.iter()
-            .filter_map(|r| f(r).map(|v| (r.step, v)))
-            .unzip()
+/// The figures of `report.html`.
+fn report_panels() -> Vec<Panel> {
+    let series = |column, label, markers| Series {
+        column,
+        label,
+        markers,
     };
-    let (ts, tl) = series(&|r| r.train_loss);
-    let (vs, vl) = series(&|r| r.val_loss);
-    let (ps, pv) = series(&|r| r.val_ppl);
-    let mut loss = Plot::new();
-    loss.add_trace(
-        Scatter::new(ts, tl)
-            .mode(Mode::Lines)
-            .name("train loss (token-mean NLL)"),
-    );
-    loss.add_trace(
-        Scatter::new(vs, vl)
-            .mode(Mode::LinesMarkers)
-            .name("validation loss"),
-    );
-    loss.set_layout(
-        Layout::new()
-            .title(Title::with_text(format!("{}: loss", manifest.run)))
-            .x_axis(Axis::new().title(Title::with_text("step")))
-            .y_axis(Axis::new().title(Title::with_text("nats / token"))),
-    );
-    let mut ppl = Plot::new();
-    ppl.add_trace(
-        Scatter::new(ps, pv)
-            .mode(Mode::LinesMarkers)
-            .name("validation perplexity"),
-    );
-    ppl.set_layout(
-        Layout::new()
-            .title(Title::with_text(format!(
-                "{}: validation perplexity",
-                manifest.run
-            )))
-            .x_axis(Axis::new().title(Title::with_text("step")))
-            .y_axis(
-                Axis::new()
-                    .title(Title::with_text("exp(mean NLL)"))
-                    .type_(AxisType::Log),
-            ),
-    );
-    let notes: Vec<String> = manifest
-        .results
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect();
-    let html = report::html_report(
-        &format!("SFT run {}", manifest.run),
-        &[("Loss", &loss), ("Validation perplexity", &ppl)],
-        &notes,
-        manifest,
-        if plotly_cdn {
-            report::PlotlyJs::Cdn
-        } else {
-            report::PlotlyJs::Inline
+    vec![
+        Panel {
+            caption: "Loss",
+            title: "loss",
+            y_title: "nats / token",
+            log_y: false,
+            series: vec![
+                series("train_loss", "train loss (token-mean NLL)", false),
+                series("val_loss", "validation loss", true),
+            ],
         },
-    )?;
-    crate::io::atomic_write(run_dir.join("report.html"), html.as_bytes())
+        Panel {
+            caption: "Validation perplexity",
+            title: "validation perplexity",
+            y_title: "exp(mean NLL)",
+            log_y: true,
+            series: vec![series("val_ppl", "validation perplexity", true)],
+        },
+    ]
 }
 
-/// Runs (or resumes) SFT as configured; see the module documentation. Writes into the run directory:
-/// `tokenizer.json`, `metrics.csv`, `manifest.json`, `report.html`, and `checkpoints/` with
-/// `ckpt-<step>/{model.safetensors, config.json, optimizer.safetensors, state.json}` and `latest.json`.
+/// The newest checkpoint of an SFT run directory, holding `model.safetensors` + `config.json` for
+/// [`Gpt::load_model`]; `None` when the run has none yet.
+pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
+    run::latest_checkpoint(run_dir)
+}
+
+/// Runs (or resumes) SFT as configured; see the module documentation. Writes into the run directory
+/// ([`crate::train::run`]): `tokenizer.json`, `metrics.csv`, `manifest.json`, `report.html`, and
+/// `checkpoints/ckpt-<step>/{model.safetensors, config.json, optimizer.safetensors, state.json}`.
 pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
-    let t_start = Instant::now();
-    let source = opts
-        .config_file
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| cfg.name.clone());
     cfg.validate().map_err(|e| RlhfError::Config {
-        source_name: source.clone(),
+        source_name: opts.source_name(&cfg.name),
         reason: e.to_string(),
     })?;
-    let config_json =
-        serde_json::to_value(cfg).map_err(|e| RlhfError::format(&source, "config", e))?;
-    let run_dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| crate::io::project_root().join("reports").join(&cfg.name));
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t);
     }
-    let device = Device::Cpu;
-    let say = |msg: String| {
-        if opts.verbose {
-            eprintln!("{msg}");
-        }
-    };
-
-    // Resume or start fresh.
-    let ckpt_root = run_dir.join(CHECKPOINTS);
-    let latest_path = ckpt_root.join(LATEST);
-    let resume_state: Option<(CkptState, PathBuf)> = match opts.resume {
-        ResumeMode::Fresh => {
-            clear_run_dir(&run_dir)?;
-            None
-        }
-        ResumeMode::Auto | ResumeMode::Require => {
-            if latest_path.is_file() {
-                let latest: Latest = crate::io::read_json(&latest_path)?;
-                let dir = ckpt_root.join(&latest.dir);
-                let state: CkptState = crate::io::read_json(dir.join("state.json"))?;
-                if state.config != config_json {
-                    return Err(RlhfError::Config {
-                        source_name: source,
-                        reason: format!(
-                            "{} holds a checkpoint of a run with a different configuration; \
-                             pass --fresh to start over or --out to use another directory",
-                            run_dir.display()
-                        ),
-                    });
-                }
-                Some((state, dir))
-            } else if opts.resume == ResumeMode::Require {
-                return Err(RlhfError::io(&latest_path, "no checkpoint to resume from"));
-            } else {
-                None
-            }
-        }
-    };
-    std::fs::create_dir_all(&run_dir).map_err(|e| RlhfError::io(&run_dir, e))?;
-    // Stale temporary checkpoint directories of a killed run.
-    if ckpt_root.is_dir() {
-        for e in std::fs::read_dir(&ckpt_root)
-            .map_err(|e| RlhfError::io(&ckpt_root, e))?
-            .flatten()
-        {
-            if e.file_name().to_string_lossy().starts_with(".ckpt-") {
-                remove_dir_if_exists(&e.path())?;
-            }
-        }
-    }
+    let (mut run, resumed) =
+        Run::<MetricsRow>::open("sft", &cfg.name, cfg, cfg.seed, cfg.keep_checkpoints, opts)?;
+    let device = run.device();
 
     // Data.
     let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
@@ -983,8 +547,8 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     let val_texts: Vec<String> = val_docs.iter().map(Doc::full_text).collect();
 
     // Tokenizer: reloaded from the run directory on resume, else trained (or copied) and saved there.
-    let tok_path = run_dir.join("tokenizer.json");
-    let tokenizer = if resume_state.is_some() {
+    let tok_path = run.dir.join("tokenizer.json");
+    let tokenizer = if resumed.is_some() {
         Tokenizer::from_file(&tok_path)?
     } else {
         let tk = match &cfg.tokenizer.path {
@@ -1004,24 +568,24 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
     let train = build_stream(&tokenizer, &train_docs, cfg.data.prompt_tokens)?;
     let val = build_stream(&tokenizer, &val_docs, cfg.data.prompt_tokens)?;
     if train.tokens.len() < t + 1 {
-        return Err(RlhfError::Invalid {
-            arg: "data".into(),
-            reason: format!(
+        return Err(RlhfError::invalid(
+            "data",
+            format!(
                 "{} training tokens do not fill one window of block_size + 1 = {}",
                 train.tokens.len(),
                 t + 1
             ),
-        });
+        ));
     }
 
-    // Model and optimiser.
+    // Model and optimiser: from the checkpoint on resume, else freshly initialised from `seed`.
     let gpt_cfg = cfg.gpt_config(tokenizer.vocab_size());
-    let (vs, model) = match &resume_state {
-        Some((_, dir)) => {
-            let (vs, model) = Gpt::load_checkpoint(dir, device)?;
+    let (vs, model) = match &resumed {
+        Some(r) => {
+            let (vs, model) = Gpt::load_model(&r.dir, device)?;
             if model.config() != &gpt_cfg {
                 return Err(RlhfError::format(
-                    dir.join(crate::model::gpt::CONFIG_FILE),
+                    r.dir.join(crate::model::gpt::CONFIG_FILE),
                     "GPT config of this run",
                     format!(
                         "{:?} differs from the configured {gpt_cfg:?}",
@@ -1038,47 +602,21 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
             (vs, model)
         }
     };
-    let mut opt = AdamW::new(&vs, cfg.adamw())?;
-    let n_params: i64 = named_vars(&vs).iter().map(|(_, t)| t.numel() as i64).sum();
-    let schedule = cfg.schedule()?;
-
-    let (mut step, mut rng, mut tokens_seen, mut rows, resumed_from) = match &resume_state {
-        Some((state, dir)) => {
-            opt.load(dir.join("optimizer.safetensors"))?;
-            // Always said, even when quiet: a resumed run must never pass for a fresh one.
-            eprintln!(
-                "resuming {} from step {} ({})",
-                cfg.name,
-                state.step,
-                dir.display()
-            );
-            (
-                state.step,
-                SplitMix64::from_state(state.rng_state),
-                state.tokens,
-                state.metrics.iter().map(MetricsRow::from).collect(),
-                Some(state.step),
-            )
+    let mut opt = AdamW::new(&vs, cfg.optim.adamw())?;
+    let n_params: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+    let schedule = cfg.optim.schedule()?;
+    let (mut step, mut rng, mut tokens_seen) = match &resumed {
+        Some(r) => {
+            opt.load(r.dir.join(run::OPTIMIZER_FILE))?;
+            (r.step, SplitMix64::from_state(r.rng_state), r.tokens)
         }
-        None => (0, SplitMix64::new(cfg.seed as u64), 0, Vec::new(), None),
+        None => (0, SplitMix64::new(cfg.seed as u64), 0),
     };
 
-    // Manifest (kept across resumes: the first start time and every resume are recorded).
-    let manifest_path = run_dir.join("manifest.json");
-    let mut manifest = RunManifest::new(&cfg.name, "sft", config_json.clone(), cfg.seed, device);
-    if resumed_from.is_some() {
-        if let Ok(prev) = crate::io::read_json::<RunManifest>(&manifest_path) {
-            manifest.started_at = prev.started_at;
-            manifest.resumed_from = prev.resumed_from;
-            manifest.results = prev.results;
-            manifest.finished_at = prev.finished_at;
-        }
-    }
-    manifest.resumed_from.extend(resumed_from);
-    manifest.config_file = opts.config_file.as_ref().map(|p| p.display().to_string());
-    // The files read: those of `lm_texts` (pinned hashes from the data directory's MANIFEST.json), or
-    // the preference JSONL (hashed now).
-    manifest.data = match &cfg.data.path {
+    // Manifest: the files read — those of `lm_texts` (pinned hashes from the data directory's
+    // MANIFEST.json), or the preference JSONL (hashed now) — and digests of what was actually used.
+    let m = &mut run.manifest;
+    m.data = match &cfg.data.path {
         Some(p) => vec![report::DataFile {
             path: p.display().to_string(),
             sha256: crate::io::sha256_file(p)?,
@@ -1091,15 +629,15 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
             report::data_checksums(&data_dir, &lm_files)?
         }
     };
-    manifest.data_digests.insert(
+    m.data_digests.insert(
         "train_texts_sha256".into(),
         report::texts_sha256(&train_texts).into(),
     );
-    manifest.data_digests.insert(
+    m.data_digests.insert(
         "validation_texts_sha256".into(),
         report::texts_sha256(&val_texts).into(),
     );
-    manifest.data_digests.insert(
+    m.data_digests.insert(
         "tokenizer_json_sha256".into(),
         crate::io::sha256_file(&tok_path)?.into(),
     );
@@ -1108,23 +646,15 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         "train_tokens": train.tokens.len(), "validation_tokens": val.tokens.len(),
         "vocab_size": tokenizer.vocab_size(), "n_params": n_params,
     });
-    manifest.results.insert("data".into(), counts);
-    manifest.save(&manifest_path)?;
+    m.results.insert("data".into(), counts);
+    run.save_manifest()?;
 
     let b = cfg.optim.batch_size as usize;
     let eval_windows = (cfg.eval_batches as usize) * b;
     let max_steps = cfg.optim.max_steps;
-    let state_of = |step: u64, rng: &SplitMix64, tokens: u64, rows: &[MetricsRow]| CkptState {
-        step,
-        rng_state: rng.state(),
-        tokens,
-        config: config_json.clone(),
-        metrics: rows.iter().map(MetricsBits::from).collect(),
-    };
-
     if step == 0 {
         let (vl, vp) = evaluate(&model, &val, t, eval_windows, b, device)?;
-        rows.push(MetricsRow {
+        run.push(MetricsRow {
             step: 0,
             tokens: 0,
             lr: None,
@@ -1133,28 +663,17 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
             val_loss: Some(vl),
             val_ppl: Some(vp),
         });
-        say(format!("step 0: val loss {vl:.4}, ppl {vp:.2}"));
-        write_metrics(&run_dir, &rows)?;
+        run.say(format!("step 0: val loss {vl:.4}, ppl {vp:.2}"));
+        run.write_metrics()?;
     }
 
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(max_steps)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(step);
-
-    let (mut train_time, mut tokens_this_process) = (0.0f64, 0u64);
+    // The loop (nanoGPT `train.py`): lr from the schedule, `grad_accum` micro-batches, clip, step.
+    run.start_progress(max_steps, step);
     let tokens_per_step = (b * t) as u64 * cfg.optim.grad_accum as u64;
     let high = train.tokens.len() - t; // offsets o ∈ [0, len − T − 1], window o..o+T+1
     while step < max_steps {
         let t0 = Instant::now();
+        // Dropout masks depend only on (seed, step), so a resumed run draws the same ones.
         tch::manual_seed(cfg.seed.wrapping_add(step as i64 + 1));
         let lr = schedule.lr_at(step);
         opt.zero_grad();
@@ -1162,21 +681,20 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
         for _ in 0..cfg.optim.grad_accum {
             let offsets: Vec<usize> = (0..b).map(|_| rng.below(high)).collect();
             let batch = batch_at(&train, &offsets, t, device);
-            let nll = batch_nll(&model, &batch, true)?;
+            let nll = batch_nll(&model, &batch, true)?; // (B, T)
             let loss = aggregate(&nll, &batch.mask, LossAgg::TokenMean, EmptyRows::Ignore)?;
             loss_acc += loss.f_double_value(&[])?;
             (loss / cfg.optim.grad_accum as f64).f_backward()?;
         }
-        let grad_norm = if cfg.optim.grad_clip > 0.0 {
-            clip_grad_norm(&opt.params(), cfg.optim.grad_clip)?
+        let max_norm = if cfg.optim.grad_clip > 0.0 {
+            cfg.optim.grad_clip
         } else {
-            clip_grad_norm(&opt.params(), f64::MAX)?
+            f64::MAX
         };
+        let grad_norm = clip_grad_norm(&opt.params(), max_norm)?;
         opt.step(lr)?;
         step += 1;
         tokens_seen += tokens_per_step;
-        tokens_this_process += tokens_per_step;
-        train_time += t0.elapsed().as_secs_f64();
         let train_loss = loss_acc / cfg.optim.grad_accum as f64;
         if !train_loss.is_finite() {
             return Err(RlhfError::NonFinite {
@@ -1184,22 +702,27 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
                 count: 1,
             });
         }
+        run.step_done(
+            step,
+            tokens_per_step,
+            t0.elapsed().as_secs_f64(),
+            &format!("loss {train_loss:.3}"),
+        );
 
         let is_last = step == max_steps;
         let do_eval = step % cfg.eval_interval == 0 || is_last;
         let do_log = step % cfg.log_interval == 0 || do_eval;
-        let do_ckpt = step % cfg.checkpoint_interval == 0 || is_last;
         if do_log {
             let (val_loss, val_ppl) = if do_eval {
                 let (vl, vp) = evaluate(&model, &val, t, eval_windows, b, device)?;
-                say(format!(
+                run.say(format!(
                     "step {step}: train loss {train_loss:.4}, val loss {vl:.4}, ppl {vp:.2}"
                 ));
                 (Some(vl), Some(vp))
             } else {
                 (None, None)
             };
-            rows.push(MetricsRow {
+            run.push(MetricsRow {
                 step,
                 tokens: tokens_seen,
                 lr: Some(lr),
@@ -1210,74 +733,46 @@ pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
             });
         }
         if do_eval {
-            write_metrics(&run_dir, &rows)?;
+            run.write_metrics()?;
         }
-        if do_ckpt {
-            write_metrics(&run_dir, &rows)?;
-            save_checkpoint(
-                &ckpt_root,
-                &vs,
-                &gpt_cfg,
-                &opt,
-                &state_of(step, &rng, tokens_seen, &rows),
-                cfg.keep_checkpoints,
-            )?;
-            say(format!("step {step}: checkpoint {}", ckpt_name(step)));
-        }
-        bar.set_position(step);
-        bar.set_message(format!(
-            "loss {train_loss:.3} | {:.0} tok/s",
-            tokens_this_process as f64 / train_time.max(1e-9)
-        ));
-        if opts.step_delay_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(opts.step_delay_ms));
+        if step % cfg.checkpoint_interval == 0 || is_last {
+            let state = CheckpointState {
+                step,
+                rng_state: rng.state(),
+                tokens: tokens_seen,
+                extra: serde_json::Value::Null,
+            };
+            run.checkpoint(&state, |dir| {
+                crate::model::gpt::save_model(dir, &vs, &gpt_cfg)?;
+                opt.save(dir.join(run::OPTIMIZER_FILE))
+            })?;
         }
     }
-    bar.finish_and_clear();
 
     // The final validation numbers are those of the last row (an eval always runs at max_steps).
-    let last_val = rows
+    let (final_val_loss, final_val_ppl) = run
+        .rows
         .iter()
         .rev()
         .find_map(|r| r.val_loss.zip(r.val_ppl))
         .unwrap_or((f64::NAN, f64::NAN));
-    write_metrics(&run_dir, &rows)?;
-    let wall_s = t_start.elapsed().as_secs_f64();
-    let train_tokens_per_s = if train_time > 0.0 {
-        tokens_this_process as f64 / train_time
-    } else {
-        0.0
-    };
-    // A rerun of a finished run trains nothing: it keeps the recorded end time and throughput.
-    let mut results = vec![
+    let results = vec![
         ("steps", serde_json::json!(step)),
-        ("final_val_loss", serde_json::json!(last_val.0)),
-        ("final_val_ppl", serde_json::json!(last_val.1)),
+        ("final_val_loss", serde_json::json!(final_val_loss)),
+        ("final_val_ppl", serde_json::json!(final_val_ppl)),
         ("tokens_seen", serde_json::json!(tokens_seen)),
     ];
-    if tokens_this_process > 0 || manifest.finished_at.is_none() {
-        manifest.finished_at = Some(report::utc_now());
-        results.push((
-            "train_tokens_per_s_last_process",
-            serde_json::json!(train_tokens_per_s),
-        ));
-        results.push(("wall_s_last_process", serde_json::json!(wall_s)));
-    }
-    for (k, v) in results {
-        manifest.results.insert(k.into(), v);
-    }
-    manifest.save(&manifest_path)?;
-    write_report(&run_dir, &rows, &manifest, opts.plotly_cdn)?;
+    let done = run.finish(&format!("SFT run {}", cfg.name), &report_panels(), results)?;
     Ok(SftSummary {
-        run_dir,
+        run_dir: run.dir.clone(),
         steps: step,
-        resumed_from,
-        final_val_loss: last_val.0,
-        final_val_ppl: last_val.1,
+        resumed_from: resumed.map(|r| r.step),
+        final_val_loss,
+        final_val_ppl,
         n_params,
-        train_tokens_per_s,
-        wall_s,
-        metrics: rows,
+        train_tokens_per_s: done.train_tokens_per_s,
+        wall_s: done.wall_s,
+        metrics: run.rows.clone(),
     })
 }
 

@@ -6,10 +6,12 @@
 //! (importance sampling); Ye et al. 2019 dual-clip (verl `compute_policy_loss`, `clip_ratio_c`);
 //! Ziegler et al. 2019 §2.2 adaptive KL (TRL/verl `AdaptiveKLController`).
 
-use crate::check;
+use crate::core::check;
+use crate::core::kl::{estimate, KlConfig, KlEstimator};
+use crate::core::masked::{
+    aggregate_unchecked, masked_mean_unchecked, zero_masked, EmptyRows, LossAgg,
+};
 use crate::error::{Result, RlhfError};
-use crate::kl::{estimate, KlConfig, KlEstimator};
-use crate::masked::{aggregate_unchecked, masked_mean_unchecked, zero_masked, EmptyRows, LossAgg};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -75,20 +77,16 @@ pub fn policy_loss(
     cfg: &PolicyLossConfig,
 ) -> Result<PolicyLossOutput> {
     if !(cfg.clip_low.is_finite() && cfg.clip_low > 0.0 && cfg.clip_low < 1.0) {
-        return Err(RlhfError::OutOfRange {
-            arg: "clip_low".into(),
-            value: cfg.clip_low,
-            range: "in (0, 1)".into(),
-        });
+        return Err(RlhfError::out_of_range(
+            "clip_low",
+            cfg.clip_low,
+            "in (0, 1)",
+        ));
     }
     check::positive("clip_high", cfg.clip_high)?;
     if let Some(c) = cfg.dual_clip {
         if !(c.is_finite() && c > 1.0) {
-            return Err(RlhfError::OutOfRange {
-                arg: "dual_clip".into(),
-                value: c,
-                range: "finite and > 1".into(),
-            });
+            return Err(RlhfError::out_of_range("dual_clip", c, "finite and > 1"));
         }
     }
     if let Some(c) = cfg.log_ratio_clamp {
@@ -223,7 +221,7 @@ pub fn value_loss(
     })
 }
 
-/// Entropy bonus term: the aggregated per-token entropy (B, T) (from [`crate::logprobs::entropy`]).
+/// Entropy bonus term: the aggregated per-token entropy (B, T) (from [`crate::core::logprobs::entropy`]).
 /// The PPO objective subtracts `entropy_coef ·` this from the loss (Schulman et al. 2017 eq. 9).
 pub fn entropy_bonus(
     entropy: &Tensor,
@@ -231,7 +229,7 @@ pub fn entropy_bonus(
     agg: LossAgg,
     empty: EmptyRows,
 ) -> Result<Tensor> {
-    crate::masked::aggregate(entropy, mask, agg, empty)
+    crate::core::masked::aggregate(entropy, mask, agg, empty)
 }
 
 /// Total PPO loss `pg_loss + vf_coef·vf_loss − entropy_coef·entropy` (seed 003 `loss = pg_loss +
@@ -252,11 +250,7 @@ pub fn total_loss(
     ] {
         check::float(arg, t)?;
         if t.numel() != 1 {
-            return Err(RlhfError::Shape {
-                arg: arg.into(),
-                got: t.size(),
-                expected: "a scalar".into(),
-            });
+            return Err(RlhfError::shape(arg, t.size(), "a scalar"));
         }
     }
     Ok(pg_loss + vf_loss * vf_coef - entropy * entropy_coef)

@@ -7,9 +7,9 @@
 //! * k3 = exp(−log_ratio) − 1 + log_ratio   — unbiased, ≥ 0 (verl `low_var_kl`, OpenRLHF k3);
 //! * abs = |log_ratio|                      — (TRL/verl `abs`).
 
-use crate::check;
+use crate::core::check;
+use crate::core::masked::zero_masked;
 use crate::error::Result;
-use crate::masked::zero_masked;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 

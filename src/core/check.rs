@@ -41,11 +41,7 @@ pub fn integer(arg: &str, t: &Tensor) -> Result<()> {
 /// The tensor must have exactly `dims` dimensions.
 pub fn ndim(arg: &str, t: &Tensor, dims: usize, what: &str) -> Result<()> {
     if t.dim() != dims {
-        return Err(RlhfError::Shape {
-            arg: arg.into(),
-            got: t.size(),
-            expected: what.into(),
-        });
+        return Err(RlhfError::shape(arg, t.size(), what));
     }
     Ok(())
 }
@@ -54,13 +50,13 @@ pub fn ndim(arg: &str, t: &Tensor, dims: usize, what: &str) -> Result<()> {
 pub fn dim(arg: &str, t: &Tensor, dim: i64) -> Result<()> {
     let n = t.dim() as i64;
     if !(-n..n).contains(&dim) {
-        return Err(RlhfError::Invalid {
-            arg: arg.into(),
-            reason: format!(
+        return Err(RlhfError::invalid(
+            arg,
+            format!(
                 "dim {dim} is out of range for a tensor of shape {:?}",
                 t.size()
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -68,11 +64,11 @@ pub fn dim(arg: &str, t: &Tensor, dim: i64) -> Result<()> {
 /// `b` must have the shape of `a`.
 pub fn same_shape(a_arg: &str, a: &Tensor, b_arg: &str, b: &Tensor) -> Result<()> {
     if a.size() != b.size() {
-        return Err(RlhfError::Shape {
-            arg: b_arg.into(),
-            got: b.size(),
-            expected: format!("{:?} (the shape of `{a_arg}`)", a.size()),
-        });
+        return Err(RlhfError::shape(
+            b_arg,
+            b.size(),
+            format!("{:?} (the shape of `{a_arg}`)", a.size()),
+        ));
     }
     Ok(())
 }
@@ -81,11 +77,11 @@ pub fn same_shape(a_arg: &str, a: &Tensor, b_arg: &str, b: &Tensor) -> Result<()
 pub fn float_shaped(arg: &str, t: &Tensor, shape: &[i64], what: &str) -> Result<()> {
     float(arg, t)?;
     if t.size() != shape {
-        return Err(RlhfError::Shape {
-            arg: arg.into(),
-            got: t.size(),
-            expected: format!("{shape:?} ({what})"),
-        });
+        return Err(RlhfError::shape(
+            arg,
+            t.size(),
+            format!("{shape:?} ({what})"),
+        ));
     }
     Ok(())
 }
@@ -132,6 +128,35 @@ pub fn finite_where(arg: &str, t: &Tensor, mask: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The one check of logits `(…, V)` before a softmax: every row selected by `used` (bool, shape `(…)`)
+/// must be finite over the whole vocabulary — or, with `neg_inf_allowed`, finite or −∞ (a token removed
+/// by top-k / top-p filtering; NaN and +∞ are still refused). Counts the offending rows.
+pub fn logits_where(
+    arg: &str,
+    logits: &Tensor,
+    used: &Tensor,
+    neg_inf_allowed: bool,
+) -> Result<()> {
+    let ok = if neg_inf_allowed {
+        logits.isfinite().logical_or(&logits.isneginf())
+    } else {
+        logits.isfinite()
+    };
+    let bad = ok
+        .all_dim(-1, false)
+        .logical_not()
+        .logical_and(used)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    if bad > 0 {
+        return Err(RlhfError::NonFinite {
+            arg: arg.into(),
+            count: bad,
+        });
+    }
+    Ok(())
+}
+
 /// A float input that is used wherever `mask` is set: floating, same shape as `mask`, finite there.
 pub fn masked_values(arg: &str, t: &Tensor, mask_arg: &str, mask: &Tensor) -> Result<()> {
     float(arg, t)?;
@@ -161,11 +186,7 @@ pub fn no_empty_rows(arg: &str, mask: &Tensor) -> Result<()> {
 /// `v` must be finite and within `[lo, hi]` (closed) — used for γ, λ, α.
 pub fn in_unit_interval(arg: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v,
-            range: "in [0, 1]".into(),
-        });
+        return Err(RlhfError::out_of_range(arg, v, "in [0, 1]"));
     }
     Ok(())
 }
@@ -173,11 +194,7 @@ pub fn in_unit_interval(arg: &str, v: f64) -> Result<()> {
 /// `v` must be finite and strictly positive — used for β, clip ranges, targets, horizons.
 pub fn positive(arg: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && v > 0.0) {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v,
-            range: "finite and > 0".into(),
-        });
+        return Err(RlhfError::out_of_range(arg, v, "finite and > 0"));
     }
     Ok(())
 }
@@ -185,11 +202,7 @@ pub fn positive(arg: &str, v: f64) -> Result<()> {
 /// `v` must be finite and ≥ 0 — used for coefficients and epsilons.
 pub fn non_negative(arg: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && v >= 0.0) {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v,
-            range: "finite and >= 0".into(),
-        });
+        return Err(RlhfError::out_of_range(arg, v, "finite and >= 0"));
     }
     Ok(())
 }
@@ -197,11 +210,7 @@ pub fn non_negative(arg: &str, v: f64) -> Result<()> {
 /// Label-smoothing / noise rate ε of cDPO and robust DPO: must be in [0, 0.5).
 pub fn label_smoothing(arg: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && (0.0..0.5).contains(&v)) {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v,
-            range: "in [0, 0.5)".into(),
-        });
+        return Err(RlhfError::out_of_range(arg, v, "in [0, 0.5)"));
     }
     Ok(())
 }
@@ -209,11 +218,7 @@ pub fn label_smoothing(arg: &str, v: f64) -> Result<()> {
 /// Any finite real number.
 pub fn finite_scalar(arg: &str, v: f64) -> Result<()> {
     if !v.is_finite() {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v,
-            range: "finite".into(),
-        });
+        return Err(RlhfError::out_of_range(arg, v, "finite"));
     }
     Ok(())
 }
@@ -221,11 +226,19 @@ pub fn finite_scalar(arg: &str, v: f64) -> Result<()> {
 /// An integer count or size must be at least `min` (sample sizes, steps, replicates).
 pub fn at_least(arg: &str, v: i64, min: i64) -> Result<()> {
     if v < min {
-        return Err(RlhfError::OutOfRange {
-            arg: arg.into(),
-            value: v as f64,
-            range: format!(">= {min}"),
-        });
+        return Err(RlhfError::out_of_range(arg, v as f64, format!(">= {min}")));
+    }
+    Ok(())
+}
+
+/// An integer count (sizes, steps, samples) in `[lo, hi]`.
+pub fn count_in(arg: &str, v: usize, lo: usize, hi: usize) -> Result<()> {
+    if v < lo || v > hi {
+        return Err(RlhfError::out_of_range(
+            arg,
+            v as f64,
+            format!("an integer in [{lo}, {hi}]"),
+        ));
     }
     Ok(())
 }

@@ -297,6 +297,90 @@ pub enum PlotlyJs {
     Cdn,
 }
 
+/// One curve of a [`Panel`]: a float column of `metrics.csv`, drawn over `step` where it has values.
+#[derive(Debug, Clone, Copy)]
+pub struct Series {
+    /// The column name ([`crate::train::run::MetricsRow::columns`]).
+    pub column: &'static str,
+    /// Legend entry.
+    pub label: &'static str,
+    /// Lines with markers (sparse columns such as evaluations) instead of plain lines.
+    pub markers: bool,
+}
+
+/// One figure of a run's `report.html`: what a trainer declares instead of drawing.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    /// Heading above the figure.
+    pub caption: &'static str,
+    /// Figure title, after the run name: `"<run>: <title>"`.
+    pub title: &'static str,
+    /// y-axis title.
+    pub y_title: &'static str,
+    /// Logarithmic y-axis.
+    pub log_y: bool,
+    pub series: Vec<Series>,
+}
+
+/// The report of a training run: one plotly figure per panel, drawn from the metrics rows
+/// (`steps[i]`, `values[i][j]` for `columns[j]`), the manifest's results as the summary, and the
+/// manifest itself. Every trainer's `report.html` comes from here.
+#[allow(clippy::too_many_arguments)]
+pub fn metrics_report(
+    title: &str,
+    panels: &[Panel],
+    columns: &[&str],
+    steps: &[u64],
+    values: &[Vec<Option<f64>>],
+    manifest: &RunManifest,
+    js: PlotlyJs,
+) -> Result<String> {
+    use plotly::common::{Mode, Title};
+    use plotly::layout::{Axis, AxisType, Layout};
+    use plotly::{Plot, Scatter};
+    let mut plots = Vec::with_capacity(panels.len());
+    for panel in panels {
+        let mut plot = Plot::new();
+        for s in &panel.series {
+            let j = columns.iter().position(|c| *c == s.column).ok_or_else(|| {
+                RlhfError::invalid("panels", format!("no metrics column `{}`", s.column))
+            })?;
+            let (x, y): (Vec<u64>, Vec<f64>) = steps
+                .iter()
+                .zip(values)
+                .filter_map(|(step, v)| v.get(j).copied().flatten().map(|y| (*step, y)))
+                .unzip();
+            let mode = if s.markers {
+                Mode::LinesMarkers
+            } else {
+                Mode::Lines
+            };
+            plot.add_trace(Scatter::new(x, y).mode(mode).name(s.label));
+        }
+        let mut y_axis = Axis::new().title(Title::with_text(panel.y_title));
+        if panel.log_y {
+            y_axis = y_axis.type_(AxisType::Log);
+        }
+        plot.set_layout(
+            Layout::new()
+                .title(Title::with_text(format!(
+                    "{}: {}",
+                    manifest.run, panel.title
+                )))
+                .x_axis(Axis::new().title(Title::with_text("step")))
+                .y_axis(y_axis),
+        );
+        plots.push(plot);
+    }
+    let figures: Vec<(&str, &Plot)> = panels.iter().map(|p| p.caption).zip(plots.iter()).collect();
+    let notes: Vec<String> = manifest
+        .results
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    html_report(title, &figures, &notes, manifest, js)
+}
+
 /// A standalone HTML page: title, the plotly figures, optional notes (plain text), and the manifest
 /// as pretty JSON.
 pub fn html_report(

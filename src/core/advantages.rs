@@ -15,9 +15,9 @@
 //! Outputs are 0 at masked positions. Sources: seed 001 §3.2.4 (MC returns, δ, `A_t = δ_t + γλA_{t+1}`,
 //! `returns = A + V`); seed 003 (three value labels: MC, TD, GAE + V); Schulman et al. 2016 eq. 16.
 
-use crate::check;
+use crate::core::check;
+use crate::core::masked::zero_masked;
 use crate::error::Result;
-use crate::masked::zero_masked;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -302,12 +302,10 @@ fn check_groups(scores: &Tensor, min_k: i64, singleton_ok: bool) -> Result<(i64,
     check::finite("scores", scores)?;
     let (g, k) = scores.size2()?;
     if k < min_k && !(singleton_ok && k == 1) {
-        return Err(crate::error::RlhfError::Invalid {
-            arg: "scores".into(),
-            reason: format!(
-                "a group baseline needs at least {min_k} responses per prompt, got K = {k}"
-            ),
-        });
+        return Err(crate::error::RlhfError::invalid(
+            "scores",
+            format!("a group baseline needs at least {min_k} responses per prompt, got K = {k}"),
+        ));
     }
     Ok((g, k))
 }
@@ -347,11 +345,11 @@ pub fn broadcast_to_tokens(advantages: &Tensor, mask: &Tensor) -> Result<Tensor>
     check::finite("advantages", advantages)?;
     check::ndim("mask", mask, 2, "(B, T)")?;
     if mask.size()[0] != advantages.size()[0] {
-        return Err(crate::error::RlhfError::Shape {
-            arg: "mask".into(),
-            got: mask.size(),
-            expected: format!("[{}, T] (one row per advantage)", advantages.size()[0]),
-        });
+        return Err(crate::error::RlhfError::shape(
+            "mask",
+            mask.size(),
+            format!("[{}, T] (one row per advantage)", advantages.size()[0]),
+        ));
     }
     let like = advantages.unsqueeze(-1).expand_as(mask).contiguous();
     let m = check::mask("mask", mask, "advantages (broadcast)", &like)?;

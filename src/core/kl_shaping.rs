@@ -5,9 +5,9 @@
 //! `compute_rewards`; TRL `PPOTrainer.compute_rewards` / PPOv2 `rewards[[actual_start, actual_end]] += scores`;
 //! OpenRLHF `compute_reward`; verl `apply_kl_penalty`; Ziegler et al. 2019 eq. 2.
 
-use crate::check;
+use crate::core::check;
+use crate::core::kl::{kl_per_token, KlConfig};
 use crate::error::Result;
-use crate::kl::{kl_per_token, KlConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 

@@ -35,7 +35,7 @@
 //! (after repetition penalty, min-new-tokens, temperature, top-k and top-p; 0 for greedy decoding,
 //! a point mass).
 //! [`Generation::logprobs_raw`] are log-probs under the plain model distribution (temperature 1, no
-//! filtering) — what a training forward pass with [`crate::logprobs::token_log_probs`] over
+//! filtering) — what a training forward pass with [`crate::core::logprobs::token_log_probs`] over
 //! [`Generation::sequences`] recomputes. PPO stacks recompute the old log-probs by such a forward pass
 //! rather than reuse generation's scores: TRL `PPOTrainer` (`trl/trainer/ppo_trainer.py`, rollout loop)
 //! runs `forward(model, query_response)` and takes `selective_log_softmax(logits / (temperature + 1e-7),
@@ -44,12 +44,12 @@
 //! and at temperature 1 both fields agree. Masked positions are exactly 0 in both; neither is ever −∞
 //! or NaN (a sampled token always has positive probability under the distribution it came from).
 
-use crate::check;
+use crate::core::check;
+use crate::core::logprobs::token_log_probs;
 use crate::error::{Result, RlhfError};
-use crate::logprobs::token_log_probs;
+use crate::model::tokenizer::Tokenizer;
 use crate::model::{left_pad, position_ids_from_mask, CausalLm, KvCache};
 use crate::rng::SplitMix64;
-use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -127,24 +127,24 @@ impl GenerationConfig {
     pub fn validate(&self) -> Result<()> {
         check::at_least("max_new_tokens", self.max_new_tokens as i64, 1)?;
         if self.min_new_tokens > self.max_new_tokens {
-            return Err(RlhfError::OutOfRange {
-                arg: "min_new_tokens".into(),
-                value: self.min_new_tokens as f64,
-                range: format!("<= max_new_tokens = {}", self.max_new_tokens),
-            });
+            return Err(RlhfError::out_of_range(
+                "min_new_tokens",
+                self.min_new_tokens as f64,
+                format!("<= max_new_tokens = {}", self.max_new_tokens),
+            ));
         }
         validate_warpers(self.temperature, self.top_p)?;
         check::positive("repetition_penalty", self.repetition_penalty)?;
         check::at_least("eos_id", self.eos_id, 0)?;
         check::at_least("pad_id", self.pad_id, 0)?;
         if self.pad_id == self.eos_id {
-            return Err(RlhfError::Invalid {
-                arg: "pad_id".into(),
-                reason: format!(
+            return Err(RlhfError::invalid(
+                "pad_id",
+                format!(
                     "pad_id = eos_id = {}: padding must be distinguishable from end of sequence",
                     self.eos_id
                 ),
-            });
+            ));
         }
         Ok(())
     }
@@ -153,11 +153,7 @@ impl GenerationConfig {
 fn validate_warpers(temperature: f64, top_p: f64) -> Result<()> {
     check::non_negative("temperature", temperature)?;
     if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
-        return Err(RlhfError::OutOfRange {
-            arg: "top_p".into(),
-            value: top_p,
-            range: "in (0, 1]".into(),
-        });
+        return Err(RlhfError::out_of_range("top_p", top_p, "in (0, 1]"));
     }
     Ok(())
 }
@@ -189,24 +185,20 @@ pub fn filter_logits(
     check::ndim("logits", logits, 2, "(B, V)")?;
     let (_b, v) = logits.size2()?;
     if v == 0 {
-        return Err(RlhfError::Shape {
-            arg: "logits".into(),
-            got: logits.size(),
-            expected: "(B, V) with V >= 1".into(),
-        });
+        return Err(RlhfError::shape(
+            "logits",
+            logits.size(),
+            "(B, V) with V >= 1",
+        ));
     }
     let z = logits.to_kind(Kind::Double);
-    let bad = z
-        .isnan()
-        .logical_or(&z.isposinf())
-        .sum(Kind::Int64)
-        .int64_value(&[]);
-    if bad > 0 {
-        return Err(RlhfError::NonFinite {
-            arg: "logits".into(),
-            count: bad,
-        });
-    }
+    // −∞ is a token already removed (e.g. by a caller's own filter); NaN and +∞ are refused.
+    check::logits_where(
+        "logits",
+        &z,
+        &z.ones_like().select(-1, 0).to_kind(Kind::Bool),
+        true,
+    )?;
     let rows_without_finite = z
         .isfinite()
         .any_dim(-1, false)
@@ -214,12 +206,10 @@ pub fn filter_logits(
         .sum(Kind::Int64)
         .int64_value(&[]);
     if rows_without_finite > 0 {
-        return Err(RlhfError::Invalid {
-            arg: "logits".into(),
-            reason: format!(
-                "{rows_without_finite} row(s) have no finite logit (every token removed)"
-            ),
-        });
+        return Err(RlhfError::invalid(
+            "logits",
+            format!("{rows_without_finite} row(s) have no finite logit (every token removed)"),
+        ));
     }
     let neg_inf = f64::NEG_INFINITY;
     if temperature == 0.0 {
@@ -283,7 +273,7 @@ pub struct Generation {
     /// repetition penalty, min-new-tokens, temperature, top-k, top-p; 0 for greedy); exactly 0 where the mask is 0.
     pub logprobs: Tensor,
     /// `(B, N)` f32 log-prob of each sampled token under the plain model distribution (temperature 1,
-    /// no filtering), as [`crate::logprobs::token_log_probs`] would compute it; 0 where masked.
+    /// no filtering), as [`crate::core::logprobs::token_log_probs`] would compute it; 0 where masked.
     pub logprobs_raw: Tensor,
     /// `(B, P + N)` prompt then response ids.
     pub sequences: Tensor,
@@ -343,45 +333,39 @@ fn check_prompts<M: CausalLm + ?Sized>(
     cfg: &GenerationConfig,
 ) -> Result<()> {
     if prompts.is_empty() {
-        return Err(RlhfError::Invalid {
-            arg: "prompts".into(),
-            reason: "no prompts to generate from".into(),
-        });
+        return Err(RlhfError::invalid("prompts", "no prompts to generate from"));
     }
     let v = model.vocab_size();
     for (arg, id) in [("eos_id", cfg.eos_id), ("pad_id", cfg.pad_id)] {
         if id >= v {
-            return Err(RlhfError::OutOfRange {
-                arg: arg.into(),
-                value: id as f64,
-                range: format!("in [0, {v}) (the model's vocabulary)"),
-            });
+            return Err(RlhfError::out_of_range(
+                arg,
+                id as f64,
+                format!("in [0, {v}) (the model's vocabulary)"),
+            ));
         }
     }
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
-            return Err(RlhfError::Invalid {
-                arg: "prompts".into(),
-                reason: format!("prompt {i} is empty (a prompt needs at least one token)"),
-            });
+            return Err(RlhfError::invalid(
+                "prompts",
+                format!("prompt {i} is empty (a prompt needs at least one token)"),
+            ));
         }
         if let Some(&bad) = p.iter().find(|&&t| t < 0 || t >= v) {
-            return Err(RlhfError::Invalid {
-                arg: "prompts".into(),
-                reason: format!("prompt {i} holds id {bad}, outside the vocabulary [0, {v})"),
-            });
+            return Err(RlhfError::invalid(
+                "prompts",
+                format!("prompt {i} holds id {bad}, outside the vocabulary [0, {v})"),
+            ));
         }
     }
     let p = prompts.iter().map(|p| p.len()).max().unwrap_or(0) as i64;
     let max_pos = model.max_positions();
     if p + cfg.max_new_tokens as i64 > max_pos {
-        return Err(RlhfError::Invalid {
-            arg: "prompts".into(),
-            reason: format!(
+        return Err(RlhfError::invalid("prompts", format!(
                 "longest prompt ({p} tokens) + max_new_tokens ({}) exceeds the model's {max_pos} positions",
                 cfg.max_new_tokens
-            ),
-        });
+            )));
     }
     Ok(())
 }
@@ -389,11 +373,11 @@ fn check_prompts<M: CausalLm + ?Sized>(
 /// Checks a model's logits `(B, T, V)` and returns the last column `(B, V)`.
 fn last_logits(logits: &Tensor, b: i64, t: i64, v: i64) -> Result<Tensor> {
     if logits.size() != [b, t, v] {
-        return Err(RlhfError::Shape {
-            arg: "model logits".into(),
-            got: logits.size(),
-            expected: format!("[{b}, {t}, {v}] (batch, fed tokens, vocabulary)"),
-        });
+        return Err(RlhfError::shape(
+            "model logits",
+            logits.size(),
+            format!("[{b}, {t}, {v}] (batch, fed tokens, vocabulary)"),
+        ));
     }
     check::float("model logits", logits)?;
     Ok(logits.select(1, t - 1))

@@ -27,10 +27,7 @@ fn number(arg: &str, v: &Value) -> Result<f64> {
 }
 
 fn bad(arg: &str, reason: &str) -> RlhfError {
-    RlhfError::Invalid {
-        arg: arg.into(),
-        reason: reason.into(),
-    }
+    RlhfError::invalid(arg, reason)
 }
 
 /// Flatten a nested array, checking it is rectangular. Returns (shape, data).

@@ -40,10 +40,10 @@ pub fn accuracy(scorer: &dyn SentimentScorer, texts: &[LabeledText]) -> Result<S
     let refs: Vec<&str> = texts.iter().map(|t| t.text.as_str()).collect();
     let scores = Vec::<f32>::try_from(&scorer.score(&refs)?.to_kind(tch::Kind::Float))?;
     if scores.len() != texts.len() {
-        return Err(RlhfError::Invalid {
-            arg: "scorer".into(),
-            reason: format!("returned {} scores for {} texts", scores.len(), texts.len()),
-        });
+        return Err(RlhfError::invalid(
+            "scorer",
+            format!("returned {} scores for {} texts", scores.len(), texts.len()),
+        ));
     }
     let (mut n_correct, mut n_zero) = (0, 0);
     for (t, &s) in texts.iter().zip(&scores) {
@@ -53,9 +53,8 @@ pub fn accuracy(scorer: &dyn SentimentScorer, texts: &[LabeledText]) -> Result<S
                 count: 1,
             });
         }
-        let label = t.label.polarity().ok_or_else(|| RlhfError::Invalid {
-            arg: "texts".into(),
-            reason: format!("{:?} has no sentiment label", t.text),
+        let label = t.label.polarity().ok_or_else(|| {
+            RlhfError::invalid("texts", format!("{:?} has no sentiment label", t.text))
         })?;
         if s == 0.0 {
             n_zero += 1;

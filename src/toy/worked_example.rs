@@ -13,10 +13,10 @@
 //! exact f64 inputs, which is how the document itself computed them. Every printed number is then checked
 //! to half a unit of its last printed digit.
 
-use crate::advantages::{discounted_returns, gae, td, GaeConfig, MaskedSteps};
+use crate::core::advantages::{discounted_returns, gae, td, GaeConfig, MaskedSteps};
+use crate::core::kl::{KlConfig, KlEstimator};
+use crate::core::kl_shaping::{kl_shaped_rewards, RewardShapingConfig, ScorePlacement};
 use crate::error::Result;
-use crate::kl::{KlConfig, KlEstimator};
-use crate::rewards::{kl_shaped_rewards, RewardShapingConfig, ScorePlacement};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 

@@ -4,11 +4,11 @@
 //! as one documented function (seed 003 "PPO 训练伪代码": `rewards = compute_rewards(scores, kls)`,
 //! `advantages = compute_advantages(values, rewards)`, `returns = advantages + values`).
 
-use crate::advantages::gae;
-use crate::conventions::Conventions;
+use crate::core::advantages::gae;
+use crate::core::conventions::Conventions;
+use crate::core::kl_shaping::kl_shaped_rewards;
+use crate::core::masked::{masked_whiten_unchecked, zero_masked};
 use crate::error::Result;
-use crate::masked::{masked_whiten_unchecked, zero_masked};
-use crate::rewards::kl_shaped_rewards;
 use tch::Tensor;
 
 /// Output of [`ppo_experience`]; all (B, T).
@@ -42,7 +42,7 @@ pub fn ppo_experience(
         &conv.reward_config(),
     )?;
     let ar = gae(&shaped.rewards, values, &shaped.mask, &conv.gae_config())?;
-    let response = crate::check::mask("mask", mask, "log_probs", log_probs)?;
+    let response = crate::core::check::mask("mask", mask, "log_probs", log_probs)?;
     let advantages = if conv.whiten_advantages {
         masked_whiten_unchecked(&ar.advantages, &response, conv.whiten_config())?
     } else {

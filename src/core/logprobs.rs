@@ -1,8 +1,8 @@
 //! Token log-probabilities and entropy from logits.
 
-use crate::check;
+use crate::core::check;
+use crate::core::masked::zero_masked;
 use crate::error::{Result, RlhfError};
-use crate::masked::zero_masked;
 use tch::{Kind, Tensor};
 
 fn check_logits_labels(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<(Tensor, i64)> {
@@ -11,26 +11,15 @@ fn check_logits_labels(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Resul
     check::integer("labels", labels)?;
     let (b, t, v) = logits.size3()?;
     if labels.size() != [b, t] {
-        return Err(RlhfError::Shape {
-            arg: "labels".into(),
-            got: labels.size(),
-            expected: format!("[{b}, {t}] (the first two dims of `logits`)"),
-        });
+        return Err(RlhfError::shape(
+            "labels",
+            labels.size(),
+            format!("[{b}, {t}] (the first two dims of `logits`)"),
+        ));
     }
     let m = check::mask("mask", mask, "labels", labels)?.to_device(logits.device());
     // Logits must be finite over the whole vocabulary at every used position.
-    let row_finite = logits.isfinite().all_dim(-1, false);
-    let bad = row_finite
-        .logical_not()
-        .logical_and(&m)
-        .sum(Kind::Int64)
-        .int64_value(&[]);
-    if bad > 0 {
-        return Err(RlhfError::NonFinite {
-            arg: "logits".into(),
-            count: bad,
-        });
-    }
+    check::logits_where("logits", logits, &m, false)?;
     let labels = labels.to_device(logits.device()).to_kind(Kind::Int64);
     let out_of_range = labels
         .lt(0)
@@ -39,10 +28,10 @@ fn check_logits_labels(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Resul
         .sum(Kind::Int64)
         .int64_value(&[]);
     if out_of_range > 0 {
-        return Err(RlhfError::Invalid {
-            arg: "labels".into(),
-            reason: format!("{out_of_range} unmasked label(s) outside the vocabulary [0, {v})"),
-        });
+        return Err(RlhfError::invalid(
+            "labels",
+            format!("{out_of_range} unmasked label(s) outside the vocabulary [0, {v})"),
+        ));
     }
     Ok((m, v))
 }
@@ -84,26 +73,16 @@ pub fn entropy(logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
     check::ndim("logits", logits, 3, "(B, T, V)")?;
     let (b, t, _) = logits.size3()?;
     if mask.size() != [b, t] {
-        return Err(RlhfError::Shape {
-            arg: "mask".into(),
-            got: mask.size(),
-            expected: format!("[{b}, {t}] (the first two dims of `logits`)"),
-        });
+        return Err(RlhfError::shape(
+            "mask",
+            mask.size(),
+            format!("[{b}, {t}] (the first two dims of `logits`)"),
+        ));
     }
     let probe = Tensor::zeros([b, t], (Kind::Float, logits.device()));
     let m = check::mask("mask", mask, "logits[..., 0]", &probe)?;
-    let row_finite = logits.isfinite().all_dim(-1, false);
-    let bad = row_finite
-        .logical_not()
-        .logical_and(&m)
-        .sum(Kind::Int64)
-        .int64_value(&[]);
-    if bad > 0 {
-        return Err(RlhfError::NonFinite {
-            arg: "logits".into(),
-            count: bad,
-        });
-    }
+    // Logits must be finite over the whole vocabulary at every used position.
+    check::logits_where("logits", logits, &m, false)?;
     let work_kind = if logits.kind() == Kind::Double {
         Kind::Double
     } else {

@@ -11,7 +11,7 @@
 //! Implicit rewards `r̂ = β·(log π − log π_ref)` (detached). TRL `DPOTrainer.dpo_loss`, OpenRLHF
 //! `DPOLoss`, DeepSpeed-Chat step-2 DPO. Losses are averaged over pairs.
 
-use crate::check;
+use crate::core::check;
 use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -50,7 +50,7 @@ impl DpoConfig {
 }
 
 /// Sequence log-probabilities of a batch of preference pairs, each (B,): sums over response tokens
-/// (e.g. from [`crate::logprobs::sequence_log_probs`]). Token counts are needed for length-normalised IPO.
+/// (e.g. from [`crate::core::logprobs::sequence_log_probs`]). Token counts are needed for length-normalised IPO.
 #[derive(Debug)]
 pub struct PairLogps<'a> {
     pub policy_chosen: &'a Tensor,
@@ -89,9 +89,8 @@ fn seq(arg: &str, t: &Tensor, like: Option<(&str, &Tensor)>) -> Result<()> {
 }
 
 fn lengths(arg: &str, t: Option<&Tensor>, like: &Tensor) -> Result<Tensor> {
-    let t = t.ok_or_else(|| RlhfError::Invalid {
-        arg: arg.into(),
-        reason: "token counts are required for length-normalised IPO".into(),
+    let t = t.ok_or_else(|| {
+        RlhfError::invalid(arg, "token counts are required for length-normalised IPO")
     })?;
     check::same_shape("policy_chosen", like, arg, t)?;
     let t = t.to_kind(like.kind());
@@ -111,17 +110,14 @@ pub fn dpo_loss(lp: &PairLogps, cfg: &DpoConfig) -> Result<DpoOutput> {
     check::positive("beta", cfg.beta)?;
     check::label_smoothing("label_smoothing", cfg.label_smoothing)?;
     if cfg.label_smoothing > 0.0 && matches!(cfg.variant, DpoVariant::Ipo | DpoVariant::Hinge) {
-        return Err(RlhfError::Invalid {
-            arg: "label_smoothing".into(),
-            reason: "label smoothing applies to the sigmoid (cDPO) and robust variants only".into(),
-        });
+        return Err(RlhfError::invalid(
+            "label_smoothing",
+            "label smoothing applies to the sigmoid (cDPO) and robust variants only",
+        ));
     }
     seq("policy_chosen", lp.policy_chosen, None)?;
     if lp.policy_chosen.size()[0] == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "policy_chosen".into(),
-            reason: "no pairs (B = 0)".into(),
-        });
+        return Err(RlhfError::invalid("policy_chosen", "no pairs (B = 0)"));
     }
     let pc = ("policy_chosen", lp.policy_chosen);
     seq("policy_rejected", lp.policy_rejected, Some(pc))?;
@@ -192,10 +188,7 @@ pub fn preferred_ft_loss(
 ) -> Result<Tensor> {
     seq("policy_chosen", policy_chosen, None)?;
     if policy_chosen.size()[0] == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "policy_chosen".into(),
-            reason: "no pairs (B = 0)".into(),
-        });
+        return Err(RlhfError::invalid("policy_chosen", "no pairs (B = 0)"));
     }
     let nll = match chosen_lengths {
         Some(_) => -(policy_chosen / lengths("chosen_lengths", chosen_lengths, policy_chosen)?),
@@ -229,16 +222,13 @@ pub fn unlikelihood_loss(
         Some(("policy_chosen", policy_chosen)),
     )?;
     if policy_chosen.size()[0] == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "policy_chosen".into(),
-            reason: "no pairs (B = 0)".into(),
-        });
+        return Err(RlhfError::invalid("policy_chosen", "no pairs (B = 0)"));
     }
     if policy_rejected.ge(0.0).any().int64_value(&[]) == 1 {
-        return Err(RlhfError::Invalid {
-            arg: "policy_rejected".into(),
-            reason: "log π(y_l) must be < 0 (a probability of 1 makes −log(1 − π) infinite)".into(),
-        });
+        return Err(RlhfError::invalid(
+            "policy_rejected",
+            "log π(y_l) must be < 0 (a probability of 1 makes −log(1 − π) infinite)",
+        ));
     }
     let k = policy_chosen.kind();
     Ok((-policy_chosen - log1mexp(policy_rejected) * alpha).mean(k))

@@ -9,12 +9,12 @@
 //! * DeepSpeed-Chat adds the KL term of the pad slot that receives the score; rlhf-lab penalises only
 //!   response tokens (pad log-probs are never read).
 
-use crate::advantages::{GaeConfig, GrpoConfig, MaskedSteps};
+use crate::core::advantages::{GaeConfig, GrpoConfig, MaskedSteps};
+use crate::core::kl::{KlConfig, KlEstimator};
+use crate::core::kl_shaping::{RewardShapingConfig, ScorePlacement};
+use crate::core::masked::{EmptyRows, LossAgg, WhitenConfig, WhitenEps};
+use crate::core::ppo::{PolicyLossConfig, ValueLossConfig};
 use crate::error::{Result, RlhfError};
-use crate::kl::{KlConfig, KlEstimator};
-use crate::masked::{EmptyRows, LossAgg, WhitenConfig, WhitenEps};
-use crate::ppo::{PolicyLossConfig, ValueLossConfig};
-use crate::rewards::{RewardShapingConfig, ScorePlacement};
 use serde::{Deserialize, Serialize};
 
 /// Every convention option in one place. Build from a preset with [`Conventions::preset`], then override
@@ -146,10 +146,10 @@ impl Conventions {
                 ..base
             },
             other => {
-                return Err(RlhfError::Invalid {
-                    arg: "preset".into(),
-                    reason: format!("unknown preset `{other}`; known: {}", PRESETS.join(", ")),
-                })
+                return Err(RlhfError::invalid(
+                    "preset",
+                    format!("unknown preset `{other}`; known: {}", PRESETS.join(", ")),
+                ))
             }
         };
         Ok(c)

@@ -2,24 +2,24 @@
 //! flags, call the library and print what it returns. Every failure is an [`RlhfError`], printed by
 //! `main` with exit status 2.
 
-use rlhf_lab::data::{self, data_dir};
-use rlhf_lab::generate::{generate, GenerationConfig};
-use rlhf_lab::model::gguf::smollm2_chat_prompt;
-use rlhf_lab::model::gpt::Gpt;
-use rlhf_lab::model::llama::Llama;
-use rlhf_lab::model::CausalLm;
-use rlhf_lab::report::RunManifest;
-use rlhf_lab::reward::sentiment::{train_classifier_on, BowClassifier, ClassifierConfig};
-use rlhf_lab::reward::vader::Vader;
-use rlhf_lab::reward::{compare_on_test, SentimentScorer};
-use rlhf_lab::tokenizer::Tokenizer;
-use rlhf_lab::{Result, RlhfError};
+use crate::data::{self, data_dir};
+use crate::ground_truth::sentiment::{train_classifier_on, BowClassifier, ClassifierConfig};
+use crate::ground_truth::vader::Vader;
+use crate::ground_truth::{compare_on_test, SentimentScorer};
+use crate::model::generate::{generate, GenerationConfig};
+use crate::model::gguf::smollm2_chat_prompt;
+use crate::model::gpt::Gpt;
+use crate::model::llama::Llama;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::CausalLm;
+use crate::train::report::RunManifest;
+use crate::{Result, RlhfError};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use tch::Device;
 
 fn reports_dir(name: &str) -> PathBuf {
-    rlhf_lab::io::project_root().join("reports").join(name)
+    crate::io::project_root().join("reports").join(name)
 }
 
 /// `rlhf-lab data`: re-hash every fetched file against its pin, print the per-source × split
@@ -36,8 +36,8 @@ pub fn data_cmd(out: Option<PathBuf>) -> Result<()> {
     let out = out.unwrap_or_else(|| reports_dir("data"));
     let (csv, js) = data::save_stats(&dir, &out)?;
     let mut manifest = RunManifest::new("data", "data-stats", json!({}), 0, Device::Cpu);
-    manifest.data = rlhf_lab::report::data_checksums(&dir, &data_files())?;
-    manifest.finished_at = Some(rlhf_lab::report::utc_now());
+    manifest.data = crate::train::report::data_checksums(&dir, &data_files())?;
+    manifest.finished_at = Some(crate::train::report::utc_now());
     manifest.save(out.join("manifest.json"))?;
     println!("data: wrote {} and {}", csv.display(), js.display());
     Ok(())
@@ -74,12 +74,12 @@ pub fn reward_train(out: Option<PathBuf>, seed: u64) -> Result<()> {
         seed as i64,
         Device::Cpu,
     );
-    manifest.data = rlhf_lab::report::data_checksums(&dir, &data_files())?;
+    manifest.data = crate::train::report::data_checksums(&dir, &data_files())?;
     manifest.results = json!({ "classifier": metrics, "test_split": report })
         .as_object()
         .cloned()
         .unwrap_or_default();
-    manifest.finished_at = Some(rlhf_lab::report::utc_now());
+    manifest.finished_at = Some(crate::train::report::utc_now());
     manifest.save(out.join("manifest.json"))?;
     println!(
         "reward: classifier saved in {} ({} features, train {:.4}, validation {:.4}, test {:.4}; {:.2} s)",
@@ -161,11 +161,11 @@ type Loaded = (
 /// The model to sample from: SmolLM2 from its GGUF file (default) or a GPT trained by `rlhf-lab sft`.
 fn load_model(args: &GenerateArgs) -> Result<Loaded> {
     if let Some(run) = &args.run {
-        let ckpt = rlhf_lab::train::sft::latest_checkpoint(run)?.ok_or_else(|| RlhfError::Io {
+        let ckpt = crate::train::sft::latest_checkpoint(run)?.ok_or_else(|| RlhfError::Io {
             path: run.join("checkpoints").display().to_string(),
             reason: "no checkpoint (run `rlhf-lab sft --config …` first)".into(),
         })?;
-        let (vs, gpt) = Gpt::load_checkpoint(&ckpt, Device::cuda_if_available())?;
+        let (vs, gpt) = Gpt::load_model(&ckpt, Device::cuda_if_available())?;
         let tok = Tokenizer::from_file(run.join("tokenizer.json"))?;
         return Ok((Box::new(gpt), tok, false, Some(vs)));
     }
@@ -180,10 +180,7 @@ fn load_model(args: &GenerateArgs) -> Result<Loaded> {
 /// `rlhf-lab generate`: batched sampling with the KV cache; prints one JSON line per prompt.
 pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
     if args.prompts.is_empty() {
-        return Err(RlhfError::Invalid {
-            arg: "prompts".into(),
-            reason: "give at least one prompt".into(),
-        });
+        return Err(RlhfError::invalid("prompts", "give at least one prompt"));
     }
     // Sampling settings are checked before the model is loaded (ids are set from its tokenizer).
     let mut cfg = GenerationConfig {

@@ -2,12 +2,12 @@
 //!
 //! Reductions of f16/bf16 inputs accumulate in, and return, f32 ([`accumulate_kind`]).
 //!
-//! Masks are validated by [`crate::check::mask`] (0/1, same shape). Masked entries are excluded with
+//! Masks are validated by [`crate::core::check::mask`] (0/1, same shape). Masked entries are excluded with
 //! `where`, never by multiplication, so a NaN/Inf sitting at a masked position cannot turn into
 //! `NaN · 0 = NaN` (a bug class seen in other stacks). Every per-token output of this crate is exactly 0
 //! at masked positions.
 
-use crate::check;
+use crate::core::check;
 use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -127,13 +127,13 @@ pub(crate) fn masked_var_unchecked(values: &Tensor, m: &Tensor, unbiased: bool) 
     let n = m.sum(Kind::Int64).int64_value(&[]);
     let needed = if unbiased { 2 } else { 1 };
     if n < needed {
-        return Err(RlhfError::Invalid {
-            arg: "mask".into(),
-            reason: format!(
+        return Err(RlhfError::invalid(
+            "mask",
+            format!(
                 "a {} masked variance needs at least {needed} unmasked entries, got {n}",
                 if unbiased { "unbiased" } else { "biased" }
             ),
-        });
+        ));
     }
     let mean = masked_mean_unchecked(values, m, None, EmptyRows::Error, "mask")?;
     let centered = values - &mean;

@@ -81,15 +81,15 @@ impl Default for ClassifierConfig {
 
 impl ClassifierConfig {
     fn validate(&self) -> Result<()> {
-        crate::check::at_least("min_count", self.min_count as i64, 1)?;
+        crate::core::check::at_least("min_count", self.min_count as i64, 1)?;
         // Zero epochs is plain multinomial naive Bayes with NB weighting, and an untrained model without.
         if !self.nb_weighting {
-            crate::check::at_least("epochs", self.epochs as i64, 1)?;
+            crate::core::check::at_least("epochs", self.epochs as i64, 1)?;
         }
-        crate::check::at_least("batch_size", self.batch_size as i64, 1)?;
-        crate::check::non_negative("l2", self.l2)?;
-        crate::check::positive("lr", self.lr)?;
-        crate::check::positive("nb_alpha", self.nb_alpha)?;
+        crate::core::check::at_least("batch_size", self.batch_size as i64, 1)?;
+        crate::core::check::non_negative("l2", self.l2)?;
+        crate::core::check::positive("lr", self.lr)?;
+        crate::core::check::positive("nb_alpha", self.nb_alpha)?;
         Ok(())
     }
 }
@@ -200,10 +200,10 @@ fn label_of(t: &LabeledText) -> Result<f32> {
     match t.label.polarity() {
         Some(Polarity::Positive) => Ok(1.0),
         Some(Polarity::Negative) => Ok(0.0),
-        None => Err(RlhfError::Invalid {
-            arg: "texts".into(),
-            reason: format!("{:?} has no sentiment label (plot synopsis)", t.text),
-        }),
+        None => Err(RlhfError::invalid(
+            "texts",
+            format!("{:?} has no sentiment label (plot synopsis)", t.text),
+        )),
     }
 }
 
@@ -273,10 +273,7 @@ fn gradients(
 pub fn fit(cfg: &ClassifierConfig, train: &[LabeledText]) -> Result<BowClassifier> {
     cfg.validate()?;
     if train.is_empty() {
-        return Err(RlhfError::Invalid {
-            arg: "train".into(),
-            reason: "no training texts".into(),
-        });
+        return Err(RlhfError::invalid("train", "no training texts"));
     }
     let labels: Vec<f32> = train.iter().map(label_of).collect::<Result<_>>()?;
     let feats: Vec<Vec<String>> = train.iter().map(|t| features(&t.text)).collect();
@@ -306,10 +303,10 @@ pub fn fit(cfg: &ClassifierConfig, train: &[LabeledText]) -> Result<BowClassifie
     let n_pos = labels.iter().filter(|&&y| y == 1.0).count();
     let n_neg = labels.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "train".into(),
-            reason: format!("needs both classes, got {n_pos} positive and {n_neg} negative"),
-        });
+        return Err(RlhfError::invalid(
+            "train",
+            format!("needs both classes, got {n_pos} positive and {n_neg} negative"),
+        ));
     }
     // NB log-count ratio r (V,) and prior log-odds.
     let (r, b0) = if cfg.nb_weighting {

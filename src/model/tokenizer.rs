@@ -52,10 +52,7 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn tok_err(arg: &str, e: impl std::fmt::Display) -> RlhfError {
-    RlhfError::Invalid {
-        arg: arg.into(),
-        reason: e.to_string(),
-    }
+    RlhfError::invalid(arg, e.to_string())
 }
 
 impl Tokenizer {
@@ -63,23 +60,19 @@ impl Tokenizer {
     /// Errors if either is not in the vocabulary or if they are the same token.
     pub fn from_hf(inner: tokenizers::Tokenizer, eos: &str, pad: &str) -> Result<Self> {
         let id = |name: &str, arg: &str| {
-            inner
-                .token_to_id(name)
-                .map(i64::from)
-                .ok_or_else(|| RlhfError::Invalid {
-                    arg: arg.into(),
-                    reason: format!("token {name:?} is not in the vocabulary"),
-                })
+            inner.token_to_id(name).map(i64::from).ok_or_else(|| {
+                RlhfError::invalid(arg, format!("token {name:?} is not in the vocabulary"))
+            })
         };
         let eos_id = id(eos, "eos")?;
         let pad_id = id(pad, "pad")?;
         if eos_id == pad_id {
-            return Err(RlhfError::Invalid {
-                arg: "pad".into(),
-                reason: format!(
+            return Err(RlhfError::invalid(
+                "pad",
+                format!(
                     "PAD ({pad:?}) must differ from EOS ({eos:?}); add a dedicated padding token"
                 ),
-            });
+            ));
         }
         Ok(Tokenizer {
             inner,
@@ -112,18 +105,18 @@ impl Tokenizer {
 
         let min_vocab = 256 + 2;
         if cfg.vocab_size < min_vocab {
-            return Err(RlhfError::OutOfRange {
-                arg: "vocab_size".into(),
-                value: cfg.vocab_size as f64,
-                range: format!(">= {min_vocab} (256 byte symbols + EOS + PAD)"),
-            });
+            return Err(RlhfError::out_of_range(
+                "vocab_size",
+                cfg.vocab_size as f64,
+                format!(">= {min_vocab} (256 byte symbols + EOS + PAD)"),
+            ));
         }
         if cfg.min_frequency < 1 {
-            return Err(RlhfError::OutOfRange {
-                arg: "min_frequency".into(),
-                value: cfg.min_frequency as f64,
-                range: ">= 1".into(),
-            });
+            return Err(RlhfError::out_of_range(
+                "min_frequency",
+                cfg.min_frequency as f64,
+                ">= 1",
+            ));
         }
         if texts.iter().all(|t| t.is_empty()) {
             return Err(tok_err("texts", "no training text (empty corpus)"));
@@ -215,11 +208,11 @@ impl Tokenizer {
         let mut u = Vec::with_capacity(ids.len());
         for &i in ids {
             if i < 0 || i >= v {
-                return Err(RlhfError::OutOfRange {
-                    arg: "ids".into(),
-                    value: i as f64,
-                    range: format!("in [0, {v})"),
-                });
+                return Err(RlhfError::out_of_range(
+                    "ids",
+                    i as f64,
+                    format!("in [0, {v})"),
+                ));
             }
             u.push(i as u32);
         }

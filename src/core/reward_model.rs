@@ -6,7 +6,7 @@
 //! `+ coef·mean((r_c + r_r)²)` (Eisenstein et al. 2023). InstructGPT eq. 1 (Ouyang et al. 2022): K ranked
 //! responses per prompt give C(K, 2) pairs, each prompt's loss normalised by C(K, 2).
 
-use crate::check;
+use crate::core::check;
 use crate::error::{Result, RlhfError};
 use tch::{Kind, Tensor};
 
@@ -18,10 +18,7 @@ fn pair(chosen: &Tensor, rejected: &Tensor) -> Result<()> {
     check::finite("chosen", chosen)?;
     check::finite("rejected", rejected)?;
     if chosen.size()[0] == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "chosen".into(),
-            reason: "no pairs (B = 0)".into(),
-        });
+        return Err(RlhfError::invalid("chosen", "no pairs (B = 0)"));
     }
     Ok(())
 }
@@ -92,12 +89,10 @@ pub fn kwise_loss(rewards: &Tensor) -> Result<Tensor> {
     check::finite("rewards", rewards)?;
     let (p, k) = rewards.size2()?;
     if k < 2 || p == 0 {
-        return Err(RlhfError::Invalid {
-            arg: "rewards".into(),
-            reason: format!(
-                "need P ≥ 1 prompts with K ≥ 2 ranked responses each, got P = {p}, K = {k}"
-            ),
-        });
+        return Err(RlhfError::invalid(
+            "rewards",
+            format!("need P ≥ 1 prompts with K ≥ 2 ranked responses each, got P = {p}, K = {k}"),
+        ));
     }
     // diff[p, i, j] = r_{p,i} − r_{p,j}; keep i < j (i ranked above j).
     let diff = rewards.unsqueeze(2) - rewards.unsqueeze(1);
