@@ -98,3 +98,34 @@ pub fn kl_per_sequence(
     let k = kl_per_token(log_probs, ref_log_probs, mask, cfg)?;
     Ok(k.sum_dim_intlist(&[-1i64][..], false, k.kind()))
 }
+
+/// Exact per-token KL over the whole vocabulary, `KL(π(·|s_t) ‖ π_ref(·|s_t)) = Σ_v π(v)·(log π(v) −
+/// log π_ref(v))`, from the two models' logits at the same states — no sampling error at a state; along
+/// samples from π its sum over a response is the sequence-level KL of the DPO paper (Rafailov et al.
+/// 2023, footnote 3). Shapes: `logits`, `ref_logits` (B, T, V), `mask` (B, T) → (B, T), 0 where
+/// masked. Computed in f64 for f64 input, else f32; logits must be finite at used positions.
+pub fn kl_full_vocab(logits: &Tensor, ref_logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    check::float("logits", logits)?;
+    check::ndim("logits", logits, 3, "(B, T, V)")?;
+    check::same_shape("logits", logits, "ref_logits", ref_logits)?;
+    let (b, t, _) = logits.size3()?;
+    let probe = Tensor::zeros([b, t], (tch::Kind::Float, logits.device()));
+    let m = check::mask("mask", mask, "logits[..., 0]", &probe)?;
+    check::logits_where("logits", logits, &m, false)?;
+    check::logits_where("ref_logits", ref_logits, &m, false)?;
+    let kind = if logits.kind() == tch::Kind::Double {
+        tch::Kind::Double
+    } else {
+        tch::Kind::Float
+    };
+    // Masked rows are zeroed before the softmax so junk there cannot produce NaN.
+    let zero = Tensor::from(0.0).to_kind(kind).to_device(logits.device());
+    let keep = m.unsqueeze(-1);
+    let lp = logits.to_kind(kind).where_self(&keep, &zero).log_softmax(-1, kind); // (B, T, V)
+    let lq = ref_logits
+        .to_kind(kind)
+        .where_self(&keep, &zero)
+        .log_softmax(-1, kind);
+    let kl = (lp.exp() * (&lp - lq)).sum_dim_intlist(&[-1i64][..], false, kind); // (B, T)
+    Ok(zero_masked(&kl, &m))
+}

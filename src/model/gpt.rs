@@ -682,3 +682,25 @@ impl CausalLm for Gpt {
         self.lm_logits(&hidden)
     }
 }
+
+impl crate::model::RlhfLm for Gpt {
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        Gpt::forward_hidden(self, input_ids, attention_mask, position_ids, cache, train)
+    }
+    fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Gpt::lm_logits(self, hidden)
+    }
+    fn values(&self, hidden: &Tensor) -> Result<Tensor> {
+        Gpt::values(self, hidden)
+    }
+    fn scores(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        Gpt::scores(self, hidden, attention_mask)
+    }
+}

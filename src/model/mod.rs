@@ -76,6 +76,27 @@ pub trait CausalLm {
     ) -> Result<Tensor>;
 }
 
+/// A causal LM with the two scalar heads RLHF trains: what the reward-model, DPO and PPO trainers are
+/// written against (the LM head for the policy, a per-token value head for the critic, a per-sequence
+/// score head for the reward model; seed 003 "PPO 涉及的模型"). Implemented by [`gpt::Gpt`].
+pub trait RlhfLm: CausalLm {
+    /// Final hidden states `(B, T, C)` (after the last norm): the input of every head.
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor>;
+    /// LM logits `(B, T, V)` from hidden states `(B, T, C)`.
+    fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    /// Per-token values `(B, T)` (critic head).
+    fn values(&self, hidden: &Tensor) -> Result<Tensor>;
+    /// Per-sequence scores `(B,)` read at the last real token of `attention_mask` `(B, T)`.
+    fn scores(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
+}
+
 /// A left-padded batch: `input_ids` `(B, T)` int64 (pad id on the left), `attention_mask` `(B, T)` int64
 /// 0/1, `position_ids` `(B, T)` int64 = `max(cumsum(mask) − 1, 0)`.
 #[derive(Debug)]

@@ -3,7 +3,10 @@
 //! directory every trainer writes through — resume, checkpoints, metrics, manifest, progress, report
 //! ([`run`], [`report`]) — and the trainers: supervised fine-tuning ([`sft`]).
 
+pub mod batch;
 pub mod config;
+pub mod eval;
+pub mod lm;
 pub mod optim;
 pub mod report;
 pub mod run;
