@@ -134,6 +134,77 @@ enum Command {
         #[arg(long, hide = true, default_value_t = 0)]
         step_delay_ms: u64,
     },
+    /// PPO with four models (actor, reference, critic, reward) on review prefixes, from an SFT run
+    /// (resumable; see configs/ppo-*.toml).
+    Ppo(TrainArgs),
+}
+
+/// The flags every trainer takes (one run directory: `train::run`).
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Run configuration (TOML).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    /// Run directory (default: reports/<name> of the config).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Require a checkpoint to resume from (error if there is none).
+    #[arg(long, conflicts_with = "fresh")]
+    resume: bool,
+    /// Delete the run directory's checkpoints, metrics and reports and start over.
+    #[arg(long)]
+    fresh: bool,
+    /// Override optim.max_steps of the config (part of the config: a resume must use the same value).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Override the config's libtorch thread count.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// No progress bar and no per-eval lines.
+    #[arg(long)]
+    quiet: bool,
+    /// report.html loads plotly.js from its CDN (small file, needs a network) instead of inlining it.
+    #[arg(long)]
+    plotly_cdn: bool,
+    /// Test hook: sleep this many milliseconds after every step.
+    #[arg(long, hide = true, default_value_t = 0)]
+    step_delay_ms: u64,
+}
+
+impl TrainArgs {
+    fn options(&self) -> crate::train::run::RunOptions {
+        use crate::train::run::{ResumeMode, RunOptions};
+        RunOptions {
+            out_dir: self.out.clone(),
+            resume: if self.fresh {
+                ResumeMode::Fresh
+            } else if self.resume {
+                ResumeMode::Require
+            } else {
+                ResumeMode::Auto
+            },
+            config_file: Some(self.config.clone()),
+            progress: !self.quiet,
+            verbose: !self.quiet,
+            step_delay_ms: self.step_delay_ms,
+            data_dir: None,
+            plotly_cdn: self.plotly_cdn,
+        }
+    }
+}
+
+/// Prints a trainer's error like every command (exit 2) or its one-line summary (exit 0).
+fn report_run(r: Result<String, RlhfError>) -> ExitCode {
+    match r {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -202,6 +273,30 @@ pub fn main() -> ExitCode {
             threads,
             score,
         })),
+        Command::Ppo(args) => report_run((|| {
+            use crate::train::ppo::{run_ppo, PpoConfig};
+            let mut cfg = PpoConfig::from_file(&args.config)?;
+            if let Some(n) = args.max_steps {
+                cfg.optim.max_steps = n;
+            }
+            if args.threads.is_some() {
+                cfg.threads = args.threads;
+            }
+            let s = run_ppo(&cfg, &args.options())?;
+            let ev = s.final_eval.as_ref();
+            Ok(format!(
+                "{}: {} iterations{}, held-out score {:.4} (σ {:.4}), exact KL {:.3}, {:.0} tokens/s, {:.1} s; run dir {}",
+                args.config.display(),
+                s.iterations,
+                s.resumed_from.map(|r| format!(" (resumed from {r})")).unwrap_or_default(),
+                ev.map_or(f64::NAN, |e| e.score_mean),
+                ev.map_or(f64::NAN, |e| e.score_sigmoid_mean),
+                ev.map_or(f64::NAN, |e| e.kl_exact),
+                s.tokens_per_s,
+                s.wall_s,
+                s.run_dir.display()
+            ))
+        })()),
         Command::Sft {
             config,
             out,

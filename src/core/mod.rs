@@ -12,4 +12,5 @@ pub mod kl_shaping;
 pub mod logprobs;
 pub mod masked;
 pub mod ppo;
+pub mod ppo_objective;
 pub mod reward_model;

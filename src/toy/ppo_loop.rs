@@ -56,10 +56,8 @@ use crate::core::experience::ppo_experience;
 use crate::core::kl::KlEstimator;
 use crate::core::logprobs::{entropy, token_log_probs};
 use crate::core::masked::{masked_mean, masked_var, EmptyRows};
-use crate::core::ppo::{
-    entropy_bonus, policy_loss, total_loss, value_loss, AdaptiveKlController, FixedKlController,
-    KlController,
-};
+use crate::core::ppo::{AdaptiveKlController, FixedKlController, KlController};
+use crate::core::ppo_objective::{ppo_objective, PpoMinibatch};
 use crate::error::{Result, RlhfError};
 use crate::rng::SplitMix64 as Rng;
 use serde::{Deserialize, Serialize};
@@ -690,7 +688,6 @@ impl PpoTrainer {
         let _threads = SingleThread::new();
         let cfg = self.cfg.clone();
         let conv = cfg.conventions(batch.kl_coef)?;
-        let (pg_cfg, vf_cfg) = (conv.policy_loss_config(), conv.value_loss_config());
         let l = cfg.max_response_len as i64;
         let b = batch.batch_size();
         let mb = b / cfg.num_minibatches;
@@ -711,23 +708,23 @@ impl PpoTrainer {
                 let log_probs = token_log_probs(&logits, &labels, &mask)?;
                 let ent = entropy(&logits, &mask)?;
                 let new_values = self.critic.response_outputs(&seq, l).squeeze_dim(-1);
-                let pg = policy_loss(
-                    &log_probs,
-                    &pick(&batch.old_log_probs),
-                    &pick(&batch.advantages),
-                    &mask,
-                    &pg_cfg,
+                let obj = ppo_objective(
+                    &PpoMinibatch {
+                        log_probs: &log_probs,
+                        entropy: &ent,
+                        values: &new_values,
+                        old_log_probs: &pick(&batch.old_log_probs),
+                        old_values: &pick(&batch.values),
+                        advantages: &pick(&batch.advantages),
+                        returns: &pick(&batch.returns),
+                        response_mask: &mask,
+                        reward_mask: &pick(&batch.reward_mask),
+                    },
+                    &conv,
+                    cfg.vf_coef,
+                    cfg.entropy_coef,
                 )?;
-                let vf = value_loss(
-                    &new_values,
-                    &pick(&batch.values),
-                    &pick(&batch.returns),
-                    &pick(&batch.reward_mask),
-                    &vf_cfg,
-                )?;
-                let ent_term = entropy_bonus(&ent, &mask, conv.loss_agg, conv.empty_rows)?;
-                let loss =
-                    total_loss(&pg.loss, &vf.loss, &ent_term, cfg.vf_coef, cfg.entropy_coef)?;
+                let (pg, vf, loss) = (&obj.policy, &obj.value, &obj.loss);
                 self.actor_opt.zero_grad();
                 self.critic_opt.zero_grad();
                 loss.f_backward()?;

@@ -8,7 +8,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::RlhfLm;
 use crate::train::run;
 use std::path::{Path, PathBuf};
-use tch::{nn, Device};
+use tch::{nn, Device, Tensor};
 
 /// A model, its variables and its tokenizer.
 pub struct LoadedLm {
@@ -35,13 +35,19 @@ impl LoadedLm {
         if !run_dir.is_dir() {
             return Err(RlhfError::invalid(
                 field,
-                format!("{} is not a run directory (train it first)", run_dir.display()),
+                format!(
+                    "{} is not a run directory (train it first)",
+                    run_dir.display()
+                ),
             ));
         }
         let ckpt = run::latest_checkpoint(run_dir)?.ok_or_else(|| {
             RlhfError::invalid(
                 field,
-                format!("{} has no checkpoint yet (checkpoints/latest.json)", run_dir.display()),
+                format!(
+                    "{} has no checkpoint yet (checkpoints/latest.json)",
+                    run_dir.display()
+                ),
             )
         })?;
         Self::from_dir(&ckpt, &run_dir.join("tokenizer.json"), device)
@@ -88,6 +94,30 @@ impl LoadedLm {
     /// Freezes every variable: a reference model (or a frozen reward model) takes no gradient.
     pub fn freeze(&mut self) {
         self.vs.freeze();
+    }
+
+    /// Scores `(B,)` of the score head at the last token of each sequence (token ids, each non-empty),
+    /// right-padded into one batch, no gradient: a reward model's scores of prompt ‖ response.
+    pub fn score_sequences(&self, seqs: &[Vec<i64>]) -> Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let device = self.vs.device();
+        if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+            return Err(RlhfError::invalid("seqs", "empty batch or empty sequence"));
+        }
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(1);
+        let mut ids = vec![self.tokenizer.pad_id(); seqs.len() * t];
+        let mut mask = vec![0i64; seqs.len() * t];
+        for (i, s) in seqs.iter().enumerate() {
+            ids[i * t..i * t + s.len()].copy_from_slice(s);
+            mask[i * t..i * t + s.len()].iter_mut().for_each(|m| *m = 1);
+        }
+        let shape = [seqs.len() as i64, t as i64];
+        let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+        let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+        let pos = crate::model::position_ids_from_mask(&mask);
+        let lm = self.lm();
+        let hidden = lm.forward_hidden(&ids, &mask, &pos, None, false)?; // (B, T, C)
+        lm.scores(&hidden, &mask) // (B,)
     }
 
     /// Number of parameters.

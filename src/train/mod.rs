@@ -8,6 +8,8 @@ pub mod config;
 pub mod eval;
 pub mod lm;
 pub mod optim;
+pub mod ppo;
+pub mod prompts;
 pub mod report;
 pub mod run;
 pub mod schedule;
