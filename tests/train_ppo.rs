@@ -68,14 +68,18 @@ fn config_text(edit: &dyn Fn(String) -> String) -> String {
     let f = fixture();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("configs/ppo-tiny.toml")).unwrap();
-    let text = text.replace(
-        "sft_run = \"reports/sft-tiny\"",
-        &format!(
-            "sft_run = {:?}\nground_truth = {:?}",
-            f.dir.join("sft"),
-            f.dir.join("reward/model")
-        ),
-    );
+    let text = text
+        .replace(
+            "sft_run = \"reports/sft-tiny\"",
+            &format!("sft_run = {:?}", f.dir.join("sft")),
+        )
+        .replace(
+            "max_new_tokens = 12\n\n[prompts]",
+            &format!(
+                "max_new_tokens = 12\nground_truth = {:?}\n\n[prompts]",
+                f.dir.join("reward/model")
+            ),
+        );
     edit(text)
 }
 
@@ -164,39 +168,58 @@ fn ratio_is_one_on_the_first_minibatch_and_runs_are_deterministic() {
 }
 
 #[test]
-fn held_out_score_rises_and_a_large_kl_coefficient_holds_the_policy() {
+fn held_out_score_and_explained_variance_rise() {
+    // β = 0.02 fixed, lr 3e-3, 24 iterations, 64 held-out prefixes: the policy learns the reward.
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text(&|t| {
+        t.replace("kind = \"adaptive\"", "kind = \"fixed\"")
+            .replace("init = 0.1", "init = 0.02")
+            .replace("max_steps = 8", "max_steps = 24")
+            .replace("prompts = 16", "prompts = 64")
+            .replace("eval_interval = 4", "eval_interval = 8")
+    });
+    let s = run_in(&tmp.path().join("run"), &text);
+    let score = col(&s.metrics, "eval/score");
+    let sig = col(&s.metrics, "eval/score_sigmoid");
+    assert!(
+        score.last().unwrap() > &(score[0] + 0.5),
+        "held-out score {score:?}"
+    );
+    assert!(
+        sig.last().unwrap() > &(sig[0] + 0.1),
+        "held-out p(positive) {sig:?}"
+    );
+    // The critic learns: explained variance of the returns, first four iterations vs last four.
+    let ev = col(&s.metrics, "val/explained_var");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&ev[..4]), mean(&ev[ev.len() - 4..]));
+    assert!(last > first + 0.02, "explained variance {ev:?}");
+}
+
+#[test]
+fn a_large_kl_coefficient_keeps_the_policy_at_the_reference() {
+    // lr 3e-4, 16 iterations: with β = 20 the exact KL stays near 0, with β = 0.01 it grows.
     let tmp = tempfile::tempdir().unwrap();
     let fixed = |beta: &'static str| {
         move |t: String| {
             t.replace("kind = \"adaptive\"", "kind = \"fixed\"")
                 .replace("init = 0.1", &format!("init = {beta}"))
                 .replace("max_steps = 8", "max_steps = 16")
-                .replace("lr = 3e-3", "lr = 1e-3")
-                .replace("min_lr = 3e-3", "min_lr = 1e-3")
+                .replace("prompts = 16", "prompts = 64")
+                .replace("eval_interval = 4", "eval_interval = 8")
+                .replace("lr = 3e-3", "lr = 3e-4")
+                .replace("min_lr = 3e-3", "min_lr = 3e-4")
         }
     };
     let free = run_in(&tmp.path().join("free"), &config_text(&fixed("0.01")));
     let held = run_in(&tmp.path().join("held"), &config_text(&fixed("20.0")));
-    let score = col(&free.metrics, "eval/score");
-    let sig = col(&free.metrics, "eval/score_sigmoid");
-    assert!(
-        score.last().unwrap() > &(score[0] + 0.2),
-        "held-out score {score:?}"
-    );
-    assert!(
-        sig.last().unwrap() > &sig[0],
-        "held-out p(positive) {sig:?}"
-    );
     let kl =
         |s: &rlhf_lab::train::ppo::PpoSummary| *col(&s.metrics, "eval/kl_exact").last().unwrap();
     let (kl_free, kl_held) = (kl(&free), kl(&held));
     assert!(
-        kl_held < 0.6 * kl_free && kl_held < 0.75,
-        "KL with β = 20: {kl_held}, with β = 0.01: {kl_free}"
+        kl_held < 0.05 && kl_held < 0.5 * kl_free,
+        "exact KL with β = 20: {kl_held}, with β = 0.01: {kl_free}"
     );
-    // The rollout KL stays small throughout under the large β.
-    let rollout = col(&held.metrics, "objective/kl");
-    assert!(rollout.iter().all(|&k| k < 1.0), "{rollout:?}");
 }
 
 #[test]

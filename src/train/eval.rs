@@ -18,13 +18,17 @@
 use crate::core::kl::{kl_full_vocab, kl_per_sequence, KlConfig, KlEstimator};
 use crate::core::logprobs::entropy;
 use crate::core::masked::masked_sum;
+use crate::data::Split;
 use crate::error::{Result, RlhfError};
+use crate::ground_truth::sentiment::BowClassifier;
 use crate::ground_truth::SentimentScorer;
 use crate::model::generate::{generate, GenerationConfig};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::RlhfLm;
+use crate::train::prompts::{review_prefixes, PrefixConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// How to evaluate.
@@ -218,4 +222,136 @@ pub fn evaluate(
         distinct_2: distinct_n(&responses, 2),
         samples,
     })
+}
+
+/// The `[eval]` section of a trainer: what its periodic evaluation samples and how it scores. The
+/// prompts are held-out *test* review prefixes and the scorer is always the ground-truth classifier,
+/// so every trainer's points land on the same axes (the DPO paper's frontier).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Held-out test prefixes per evaluation, ≥ 1.
+    pub prompts: usize,
+    /// Response tokens per sample (EOS included).
+    pub max_new_tokens: usize,
+    /// Prefix lengths (default 2–8 tokens).
+    #[serde(default)]
+    pub prefix: PrefixConfig,
+    /// The ground-truth classifier directory (`rlhf-lab reward train`; default `reports/reward/model`).
+    #[serde(default)]
+    pub ground_truth: Option<PathBuf>,
+    /// Seed of the prompts and of the sampling streams.
+    #[serde(default)]
+    pub seed: u64,
+    /// Prompts per generation batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+impl EvalSection {
+    /// Checks the fields; errors name `eval.<field>`.
+    pub fn validate(&self) -> Result<()> {
+        crate::core::check::count_in("eval.prompts", self.prompts, 1, 1 << 20)?;
+        self.prefix.validate("eval.prefix")?;
+        self.eval_config().validate()
+    }
+
+    fn eval_config(&self) -> EvalConfig {
+        EvalConfig {
+            max_new_tokens: self.max_new_tokens,
+            batch_size: self.batch_size,
+            seed: self.seed ^ 0x5EED,
+        }
+    }
+}
+
+/// The ground-truth classifier of `dir` (default `reports/reward/model`); the error names `field`.
+pub fn load_ground_truth(dir: Option<&Path>, field: &str) -> Result<BowClassifier> {
+    let dir = dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| crate::io::project_root().join("reports/reward/model"));
+    BowClassifier::load(&dir).map_err(|e| {
+        RlhfError::invalid(
+            field,
+            format!("{e} (train it first: rlhf-lab reward train)"),
+        )
+    })
+}
+
+/// A trainer's periodic evaluation: the fixed prompts, the ground truth and the sampling settings.
+pub struct Evaluator {
+    prompts: Vec<Vec<i64>>,
+    scorer: BowClassifier,
+    cfg: EvalConfig,
+}
+
+/// Metric columns an evaluation fills, in [`EvalResult::columns`] order.
+pub const EVAL_COLUMNS: [&str; 8] = [
+    "eval/score",
+    "eval/score_sigmoid",
+    "eval/kl_exact",
+    "eval/kl_k1",
+    "eval/kl_k3",
+    "eval/entropy",
+    "eval/response_len",
+    "eval/distinct_2",
+];
+
+impl EvalResult {
+    /// The values of [`EVAL_COLUMNS`].
+    pub fn columns(&self) -> [f64; 8] {
+        [
+            self.score_mean,
+            self.score_sigmoid_mean,
+            self.kl_exact,
+            self.kl_k1,
+            self.kl_k3,
+            self.entropy,
+            self.response_len,
+            self.distinct_2,
+        ]
+    }
+}
+
+impl Evaluator {
+    /// Draws the test prefixes (with `tokenizer`) and loads the ground truth.
+    pub fn new(section: &EvalSection, tokenizer: &Tokenizer, data_dir: &Path) -> Result<Self> {
+        section.validate()?;
+        let prompts = review_prefixes(
+            data_dir,
+            tokenizer,
+            Split::Test,
+            section.prompts,
+            &section.prefix,
+            section.seed ^ 0xE7A1,
+        )?;
+        let scorer = load_ground_truth(section.ground_truth.as_deref(), "eval.ground_truth")?;
+        Ok(Evaluator {
+            prompts,
+            scorer,
+            cfg: section.eval_config(),
+        })
+    }
+
+    /// The ground-truth scorer.
+    pub fn scorer(&self) -> &BowClassifier {
+        &self.scorer
+    }
+
+    /// Evaluates `policy` against `reference` ([`evaluate`]).
+    pub fn run(
+        &self,
+        policy: &dyn RlhfLm,
+        reference: &dyn RlhfLm,
+        tokenizer: &Tokenizer,
+    ) -> Result<EvalResult> {
+        evaluate(
+            policy,
+            reference,
+            tokenizer,
+            &self.prompts,
+            &self.scorer,
+            &self.cfg,
+        )
+    }
 }

@@ -42,13 +42,12 @@ use crate::core::ppo::{AdaptiveKlController, FixedKlController, KlController};
 use crate::core::ppo_objective::{ppo_objective, PpoMinibatch};
 use crate::data::Split;
 use crate::error::{Result, RlhfError};
-use crate::ground_truth::sentiment::BowClassifier;
 use crate::ground_truth::SentimentScorer;
 use crate::model::generate::{generate, GenerationConfig};
 use crate::model::RlhfLm;
 use crate::rng::SplitMix64;
 use crate::train::config::{self, OptimSection, TrainConfig};
-use crate::train::eval::{evaluate, EvalConfig, EvalResult};
+use crate::train::eval::{EvalResult, EvalSection, Evaluator, EVAL_COLUMNS};
 use crate::train::lm::LoadedLm;
 use crate::train::optim::{clip_grad_norm, AdamW};
 use crate::train::prompts::{review_prefixes, PrefixConfig};
@@ -131,10 +130,6 @@ pub struct PpoConfig {
     /// The reward-model run (`rlhf-lab rm`), for `reward = "reward-model"` or `critic_init = "reward-model"`.
     #[serde(default)]
     pub reward_model_run: Option<PathBuf>,
-    /// The ground-truth classifier directory (`rlhf-lab reward train`; default `reports/reward/model`).
-    /// Always used for evaluation.
-    #[serde(default)]
-    pub ground_truth: Option<PathBuf>,
     /// `sft` or `reward-model`.
     #[serde(default = "default_critic_init")]
     pub critic_init: CriticInit,
@@ -181,8 +176,8 @@ pub struct PpoConfig {
     pub kl: KlSection,
     /// Evaluate every this many iterations (and at 0 and at the end).
     pub eval_interval: u64,
-    /// Held-out test prefixes per evaluation.
-    pub eval_prompts: usize,
+    /// The held-out evaluation (its ground truth is also PPO-GT's reward).
+    pub eval: EvalSection,
     /// Checkpoint every this many iterations (and at the end).
     pub checkpoint_interval: u64,
     #[serde(default = "default_keep")]
@@ -256,7 +251,7 @@ impl TrainConfig for PpoConfig {
         self.kl_controller()?;
         self.conventions()?;
         at_least("eval_interval", self.eval_interval as i64, 1)?;
-        count_in("eval_prompts", self.eval_prompts, 1, 1 << 20)?;
+        self.eval.validate()?;
         at_least("checkpoint_interval", self.checkpoint_interval as i64, 1)?;
         count_in("keep_checkpoints", self.keep_checkpoints, 1, 1000)?;
         if let Some(t) = self.threads {
@@ -480,20 +475,6 @@ struct PpoState {
     moments: [u64; 3],
 }
 
-/// The ground-truth classifier from `ground_truth` (default `reports/reward/model`).
-fn ground_truth(cfg: &PpoConfig) -> Result<BowClassifier> {
-    let dir = cfg
-        .ground_truth
-        .clone()
-        .unwrap_or_else(|| crate::io::project_root().join("reports/reward/model"));
-    BowClassifier::load(&dir).map_err(|e| {
-        RlhfError::invalid(
-            "ground_truth",
-            format!("{e} (train it first: rlhf-lab reward train)"),
-        )
-    })
-}
-
 /// Teacher-forced outputs of `model` on the response part of `seq` `(B, P + N)`: logits `(B, N, V)` and
 /// values `(B, N)` (`V(s_t)`, the state before response token t). Position `P − 1 + t` predicts token t.
 fn response_outputs(
@@ -563,7 +544,6 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
             }
         })
     };
-    let gt = ground_truth(cfg)?;
     let reward_model: Option<LoadedLm> = match cfg.reward {
         RewardSource::GroundTruth => None,
         RewardSource::RewardModel => {
@@ -623,19 +603,8 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
         &cfg.prompts,
         cfg.seed as u64,
     )?;
-    let eval_prompts = review_prefixes(
-        &data_dir,
-        &tok,
-        Split::Test,
-        cfg.eval_prompts,
-        &cfg.prompts,
-        cfg.seed as u64 ^ 0xE7A1,
-    )?;
-    let eval_cfg = EvalConfig {
-        max_new_tokens: cfg.max_new_tokens,
-        batch_size: 32,
-        seed: cfg.seed as u64 ^ 0x5EED,
-    };
+    let evaluator = Evaluator::new(&cfg.eval, &tok, &data_dir)?;
+    let gt = evaluator.scorer();
     let ptx = if cfg.ptx_coef > 0.0 {
         ptx_stream(&actor, &data_dir)?
     } else {
@@ -647,7 +616,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
         "models".into(),
         serde_json::json!({
             "actor_params": actor.n_params(), "critic": if cfg.shared_backbone { "shared" } else { "separate" },
-            "reward": cfg.reward, "train_prompts": train_prompts.len(), "eval_prompts": eval_prompts.len(),
+            "reward": cfg.reward, "train_prompts": train_prompts.len(), "eval_prompts": cfg.eval.prompts,
         }),
     );
     m.data = vec![crate::train::report::DataFile {
@@ -657,30 +626,15 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
     run.save_manifest()?;
 
     let eval_row = |ev: &EvalResult, values: &mut [Option<f64>; 24]| {
-        let put = |values: &mut [Option<f64>; 24], name: &str, v: f64| {
-            if let Some(j) = COLUMNS.iter().position(|c| *c == name) {
+        for (name, v) in EVAL_COLUMNS.iter().zip(ev.columns()) {
+            if let Some(j) = COLUMNS.iter().position(|c| c == name) {
                 values[j] = Some(v);
             }
-        };
-        put(values, "eval/score", ev.score_mean);
-        put(values, "eval/score_sigmoid", ev.score_sigmoid_mean);
-        put(values, "eval/kl_exact", ev.kl_exact);
-        put(values, "eval/kl_k1", ev.kl_k1);
-        put(values, "eval/kl_k3", ev.kl_k3);
-        put(values, "eval/entropy", ev.entropy);
-        put(values, "eval/response_len", ev.response_len);
-        put(values, "eval/distinct_2", ev.distinct_2);
+        }
     };
     let mut last_eval = None;
     if step == 0 {
-        let ev = evaluate(
-            actor.lm(),
-            reference.lm(),
-            &tok,
-            &eval_prompts,
-            &gt,
-            &eval_cfg,
-        )?;
+        let ev = evaluator.run(actor.lm(), reference.lm(), &tok)?;
         let mut values = [None; 24];
         eval_row(&ev, &mut values);
         run.push(PpoRow {
@@ -967,14 +921,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
         let train_secs = t0.elapsed().as_secs_f64();
         let is_last = step == max_steps;
         if step % cfg.eval_interval == 0 || is_last {
-            let ev = evaluate(
-                actor.lm(),
-                reference.lm(),
-                &tok,
-                &eval_prompts,
-                &gt,
-                &eval_cfg,
-            )?;
+            let ev = evaluator.run(actor.lm(), reference.lm(), &tok)?;
             eval_row(&ev, &mut values);
             run.say(format!(
                 "iteration {step}: score {score_mean:.3}, KL {kl_mean:.3}, β {beta:.4}; held-out score {:.3} (σ {:.3}), exact KL {:.3}",
