@@ -20,6 +20,7 @@ pub mod cli;
 pub mod core;
 pub mod data;
 pub mod ground_truth;
+pub mod pipeline;
 pub mod model;
 #[cfg(feature = "notebook")]
 pub mod notebook;

@@ -13,6 +13,7 @@ fn rank(module: &str) -> Option<u32> {
         "model" | "generate" | "tokenizer" | "data" => 2,
         "ground_truth" => 3,
         "train" => 4,
+        "pipeline" => 5,
         "toy" | "worked_example" => 5,
         "cli" | "calc" => 6,
         "notebook" => 7,

@@ -137,6 +137,27 @@ enum Command {
     /// PPO with four models (actor, reference, critic, reward) on review prefixes, from an SFT run
     /// (resumable; see configs/ppo-*.toml).
     Ppo(TrainArgs),
+    /// Reproduce a paper experiment end to end, every stage cached (a killed run resumes):
+    /// `dpo-sentiment` is the DPO paper's controlled-sentiment reward–KL frontier.
+    Reproduce {
+        /// The experiment: dpo-sentiment.
+        experiment: String,
+        /// quick (minutes, CI), small (every sweep value, 3 seeds, hours), gpu (a wider GPT).
+        #[arg(long, default_value = "quick")]
+        scale: String,
+        /// Seeds of the algorithm runs (default: the scale's).
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Output root (default reports/dpo-sentiment/<scale>).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Only these algorithm families (repeatable), e.g. --only DPO --only PPO-GT.
+        #[arg(long)]
+        only: Vec<String>,
+        /// No per-stage lines.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 /// The flags every trainer takes (one run directory: `train::run`).
@@ -273,6 +294,36 @@ pub fn main() -> ExitCode {
             threads,
             score,
         })),
+        Command::Reproduce {
+            experiment,
+            scale,
+            seeds,
+            out,
+            only,
+            quiet,
+        } => report_run((|| {
+            if experiment != "dpo-sentiment" {
+                return Err(RlhfError::invalid(
+                    "experiment",
+                    format!("unknown experiment {experiment:?} (known: dpo-sentiment)"),
+                ));
+            }
+            use crate::pipeline::dpo_sentiment::{reproduce, ReproduceOptions};
+            let s = reproduce(&ReproduceOptions {
+                scale,
+                seeds,
+                out_dir: out,
+                only,
+                verbose: !quiet,
+                data_dir: None,
+            })?;
+            let md = std::fs::read_to_string(s.out_dir.join("summary.md"))
+                .map_err(|e| RlhfError::io(s.out_dir.join("summary.md"), e))?;
+            Ok(format!(
+                "{md}\nreport: {} (frontier.html, frontier.svg, frontier.csv, matched_kl.csv, summary.json, manifest.json)",
+                s.out_dir.display()
+            ))
+        })()),
         Command::Ppo(args) => report_run((|| {
             use crate::train::ppo::{run_ppo, PpoConfig};
             let mut cfg = PpoConfig::from_file(&args.config)?;

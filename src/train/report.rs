@@ -437,3 +437,153 @@ mod tests {
         );
     }
 }
+
+/// One named series of an x–y figure: its points (markers) and an optional line (e.g. an envelope).
+#[derive(Debug, Clone)]
+pub struct XySeries {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub line: Vec<(f64, f64)>,
+}
+
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// Writes `<stem>.html` (plotly, offline: plotly.js inlined) and `<stem>.svg` (a static copy drawn
+/// here, no browser needed) of an x–y figure: each series as markers plus its line.
+pub fn write_xy_figure(
+    stem: &Path,
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    series: &[XySeries],
+) -> Result<()> {
+    use plotly::common::{Marker, Mode, Title};
+    use plotly::layout::{Axis, Layout};
+    use plotly::{Plot, Scatter};
+    let mut plot = Plot::new();
+    for (i, s) in series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let (x, y): (Vec<f64>, Vec<f64>) = s.points.iter().copied().unzip();
+        plot.add_trace(
+            Scatter::new(x, y)
+                .mode(Mode::Markers)
+                .name(&s.name)
+                .marker(Marker::new().color(color).opacity(0.5)),
+        );
+        if !s.line.is_empty() {
+            let (x, y): (Vec<f64>, Vec<f64>) = s.line.iter().copied().unzip();
+            plot.add_trace(
+                Scatter::new(x, y)
+                    .mode(Mode::Lines)
+                    .name(format!("{} (envelope)", s.name))
+                    .marker(Marker::new().color(color)),
+            );
+        }
+    }
+    plot.set_layout(
+        Layout::new()
+            .title(Title::with_text(title))
+            .x_axis(Axis::new().title(Title::with_text(x_title)))
+            .y_axis(Axis::new().title(Title::with_text(y_title))),
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n{js}\n</head>\n<body>\n{fig}\n</body>\n</html>\n",
+        t = html_escape(title),
+        js = plotly::Plot::offline_js_sources(),
+        fig = plot.to_inline_html(Some("figure")),
+    );
+    crate::io::atomic_write(stem.with_extension("html"), html.as_bytes())?;
+    crate::io::atomic_write(
+        stem.with_extension("svg"),
+        svg_xy(title, x_title, y_title, series).as_bytes(),
+    )
+}
+
+/// A self-contained SVG of an x–y figure (axes with ticks, markers, lines, legend).
+pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) -> String {
+    let (w, h) = (820.0, 520.0);
+    let (l, r, t, b) = (70.0, 210.0, 40.0, 55.0);
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().chain(&s.line))
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let (mut x0, mut x1, mut y0, mut y1) = (0.0f64, 1.0f64, 0.0f64, 1.0f64);
+    if !all.is_empty() {
+        x0 = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(0.0);
+        x1 = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+        y0 = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+        y1 = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 0.1;
+    }
+    let pad = (y1 - y0) * 0.05;
+    let (y0, y1) = (y0 - pad, y1 + pad);
+    let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
+    let py = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>\n",
+        (w - r + l) / 2.0,
+        html_escape(title)
+    );
+    for i in 0..=5 {
+        let (fx, fy) = (x0 + (x1 - x0) * i as f64 / 5.0, y0 + (y1 - y0) * i as f64 / 5.0);
+        s.push_str(&format!(
+            "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.2}</text>\n",
+            px(fx), t, h - b, h - b + 16.0, fx
+        ));
+        s.push_str(&format!(
+            "<line x1=\"{1}\" y1=\"{0:.1}\" x2=\"{2}\" y2=\"{0:.1}\" stroke=\"#eee\"/><text x=\"{3}\" y=\"{4:.1}\" text-anchor=\"end\">{5:.3}</text>\n",
+            py(fy), l, w - r, l - 6.0, py(fy) + 4.0, fy
+        ));
+    }
+    s.push_str(&format!(
+        "<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n\
+         <text transform=\"translate(18 {}) rotate(-90)\" text-anchor=\"middle\">{}</text>\n",
+        w - l - r,
+        h - t - b,
+        (w - r + l) / 2.0,
+        h - 12.0,
+        html_escape(x_title),
+        (h - b + t) / 2.0,
+        html_escape(y_title)
+    ));
+    for (i, se) in series.iter().enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        for &(x, y) in se.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+            s.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\" fill-opacity=\"0.45\"/>\n",
+                px(x),
+                py(y)
+            ));
+        }
+        if se.line.len() > 1 {
+            let pts: Vec<String> = se.line.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            s.push_str(&format!(
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"/>\n",
+                pts.join(" ")
+            ));
+        }
+        let ly = t + 14.0 + 18.0 * i as f64;
+        s.push_str(&format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
+            w - r + 12.0,
+            ly - 10.0,
+            w - r + 30.0,
+            ly,
+            html_escape(&se.name)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
