@@ -36,7 +36,10 @@ impl PromptCompletion {
         let mut completion_ids = tok.encode(completion)?;
         completion_ids.push(tok.eos_id());
         if prompt_ids.is_empty() {
-            return Err(RlhfError::invalid("prompt", format!("{prompt:?} encodes to no token")));
+            return Err(RlhfError::invalid(
+                "prompt",
+                format!("{prompt:?} encodes to no token"),
+            ));
         }
         let n = prompt_ids.len() + completion_ids.len();
         if n > max_len {
@@ -137,14 +140,21 @@ pub fn completion_token_logps(
     let t = batch.input_ids.size()[1];
     let logits = model.lm_logits(&hidden.narrow(1, 0, t - 1))?; // (B, T-1, V)
     let labels = batch.input_ids.narrow(1, 1, t - 1); // (B, T-1)
-    let mask = batch.completion_mask.narrow(1, 1, t - 1).to_kind(Kind::Float); // (B, T-1)
+    let mask = batch
+        .completion_mask
+        .narrow(1, 1, t - 1)
+        .to_kind(Kind::Float); // (B, T-1)
     let logps = token_log_probs(&logits, &labels, &mask)?;
     Ok((logps, mask))
 }
 
 /// Sequence log-probs of the completions: `(B,)` sums over completion tokens and `(B,)` token counts
 /// ([`sequence_log_probs`]).
-pub fn completion_logps(model: &dyn RlhfLm, batch: &SeqBatch, train: bool) -> Result<(Tensor, Tensor)> {
+pub fn completion_logps(
+    model: &dyn RlhfLm,
+    batch: &SeqBatch,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
     let (logps, mask) = completion_token_logps(model, batch, train)?;
     sequence_log_probs(&logps, &mask)
 }

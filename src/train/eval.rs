@@ -58,6 +58,8 @@ impl EvalConfig {
 pub struct EvalSample {
     pub prompt: String,
     pub response: String,
+    /// The sampled response token ids (EOS included when sampled, no padding).
+    pub response_ids: Vec<i64>,
     pub score: f64,
     pub kl_exact: f64,
 }
@@ -100,7 +102,34 @@ pub fn distinct_n(seqs: &[Vec<i64>], n: usize) -> f64 {
 }
 
 fn to_f64s(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(Vec::<f64>::try_from(&t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))?)
+    Ok(Vec::<f64>::try_from(
+        &t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu),
+    )?)
+}
+
+/// Scores of `texts` under `scorer` as f64, one per text; a scorer that returns another number of
+/// scores, or a NaN/Inf score, is an error (never a silent NaN in a mean).
+pub fn score_texts(scorer: &dyn SentimentScorer, texts: &[&str]) -> Result<Vec<f64>> {
+    let scores = to_f64s(&scorer.score(texts)?)?;
+    if scores.len() != texts.len() {
+        return Err(RlhfError::invalid(
+            "scorer",
+            format!(
+                "{} returned {} scores for {} texts",
+                scorer.name(),
+                scores.len(),
+                texts.len()
+            ),
+        ));
+    }
+    let bad = scores.iter().filter(|s| !s.is_finite()).count();
+    if bad > 0 {
+        return Err(RlhfError::NonFinite {
+            arg: format!("{} score", scorer.name()),
+            count: bad as i64,
+        });
+    }
+    Ok(scores)
 }
 
 /// Evaluates `policy` against `reference` on `prompts` (token ids, each non-empty) with `scorer`.
@@ -136,13 +165,21 @@ pub fn evaluate(
             GenerationConfig::new(cfg.max_new_tokens, tokenizer.eos_id(), tokenizer.pad_id());
         // Chunk i samples from streams of seed + i·φ (φ: the 32-bit golden ratio), rows within a chunk
         // from their own streams: fixed for a given (seed, batch_size, prompts).
-        gen_cfg.seed = cfg.seed.wrapping_add((chunk_i * cfg.batch_size) as u64 * 0x9E37_79B9);
+        gen_cfg.seed = cfg
+            .seed
+            .wrapping_add((chunk_i * cfg.batch_size) as u64 * 0x9E37_79B9);
         let g = generate(policy, chunk, &gen_cfg)?;
         let (p, n) = (g.prompt_width(), g.response_width());
         // Teacher-forced logits of both models over prompt ‖ response; columns P−1 .. P+N−1 predict
         // the response tokens.
         let logits_of = |m: &dyn RlhfLm| -> Result<Tensor> {
-            let h = m.forward_hidden(&g.sequences, &g.attention_mask, &g.position_ids, None, false)?;
+            let h = m.forward_hidden(
+                &g.sequences,
+                &g.attention_mask,
+                &g.position_ids,
+                None,
+                false,
+            )?;
             m.lm_logits(&h.narrow(1, p - 1, n)) // (B, N, V)
         };
         let (lp, lq) = (logits_of(policy)?, logits_of(reference)?);
@@ -163,18 +200,28 @@ pub fn evaluate(
         let resp = g.responses()?;
         let mut texts = Vec::with_capacity(chunk.len());
         for (prompt, r) in chunk.iter().zip(&resp) {
-            let body: Vec<i64> = r.iter().copied().filter(|&t| t != tokenizer.eos_id()).collect();
+            let body: Vec<i64> = r
+                .iter()
+                .copied()
+                .filter(|&t| t != tokenizer.eos_id())
+                .collect();
             let prompt_text = tokenizer.decode(prompt)?;
             let response_text = tokenizer.decode(&body)?;
             texts.push((prompt_text, response_text));
         }
         let full: Vec<String> = texts.iter().map(|(p, r)| format!("{p}{r}")).collect();
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let scores = to_f64s(&scorer.score(&refs)?)?;
-        for (((prompt, response), score), kl) in texts.into_iter().zip(scores).zip(to_f64s(&kl_seq)?) {
+        let scores = score_texts(scorer, &refs)?;
+        for ((((prompt, response), score), kl), ids) in texts
+            .into_iter()
+            .zip(scores)
+            .zip(to_f64s(&kl_seq)?)
+            .zip(resp.iter().cloned())
+        {
             samples.push(EvalSample {
                 prompt,
                 response,
+                response_ids: ids,
                 score,
                 kl_exact: kl,
             });
@@ -184,9 +231,8 @@ pub fn evaluate(
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
     let score_mean = mean(&scores);
-    let score_std = (scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f64>()
-        / scores.len() as f64)
-        .sqrt();
+    let score_std =
+        (scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f64>() / scores.len() as f64).sqrt();
     let sig: Vec<f64> = scores.iter().map(|s| 1.0 / (1.0 + (-s).exp())).collect();
     let kls: Vec<f64> = samples.iter().map(|s| s.kl_exact).collect();
     Ok(EvalResult {
