@@ -175,6 +175,14 @@ fn bad_runs_are_typed_errors_and_exit_2() {
         matches!(&e, RlhfError::Invalid { arg, .. } if arg == "run"),
         "{e}"
     );
+    // A folder inside the run is refused (the run's own files live there).
+    let run = tmp.path().join("sft");
+    tiny_run(&run);
+    let e = export_hf(&run, &run.join("hf"), false).unwrap_err();
+    assert!(
+        matches!(&e, RlhfError::Invalid { arg, .. } if arg == "out"),
+        "{e}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf-lab"))
         .args(["export", "--run"])
         .arg(&missing)

@@ -621,6 +621,11 @@ pub fn run_best_of_n(cfg: &BestOfNConfig, opts: &BestOfNOptions) -> Result<BestO
         device,
     );
     manifest.config_file = opts.config_file.as_ref().map(|p| p.display().to_string());
+    let prompt_texts: Vec<String> = cands.iter().map(|p| p.prompt.clone()).collect();
+    manifest.data_digests.insert(
+        "prompts_sha256".into(),
+        crate::train::report::texts_sha256(&prompt_texts).into(),
+    );
     manifest.results = serde_json::to_value(&summary)
         .ok()
         .and_then(|v| v.as_object().cloned())

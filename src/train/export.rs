@@ -93,10 +93,23 @@ fn token_name(tok: &Tokenizer, id: i64) -> Result<String> {
 
 /// Writes the latest checkpoint of `run_dir` as an HF GPT-2 folder `out` (created if needed; files of
 /// the same names are replaced atomically). `heads`: keep the value/score heads as extra tensors.
-/// Errors: `run` names a missing run directory or one without a checkpoint; a broken checkpoint is
-/// the loader's typed error.
+/// Errors: `run` names a missing run directory or one without a checkpoint, `out` a folder inside the
+/// run directory; a broken checkpoint is the loader's typed error.
 pub fn export_hf(run_dir: &Path, out: &Path, heads: bool) -> Result<ExportSummary> {
     let lm = LoadedLm::from_run(run_dir, "run", Device::Cpu)?;
+    // Never write HF files into the run itself (its tokenizer.json and checkpoints live there).
+    if let (Ok(r), Some(o)) = (run_dir.canonicalize(), resolved(out)) {
+        if o.starts_with(&r) {
+            return Err(RlhfError::invalid(
+                "out",
+                format!(
+                    "{} is inside the run directory {}",
+                    out.display(),
+                    run_dir.display()
+                ),
+            ));
+        }
+    }
     let cfg = lm.config().clone();
     let tok = &lm.tokenizer;
     let (eos_id, pad_id) = (tok.eos_id(), tok.pad_id());
@@ -147,6 +160,26 @@ pub fn export_hf(run_dir: &Path, out: &Path, heads: bool) -> Result<ExportSummar
         pad_id,
         heads,
     })
+}
+
+/// `p` made absolute with symlinks resolved, also when it does not exist yet: its nearest existing
+/// ancestor canonicalised, plus the remaining components.
+fn resolved(p: &Path) -> Option<PathBuf> {
+    let mut rest = Vec::new();
+    let mut cur = p.to_path_buf();
+    loop {
+        let probe = if cur.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            cur.clone()
+        };
+        if let Ok(mut c) = probe.canonicalize() {
+            c.extend(rest.iter().rev());
+            return Some(c);
+        }
+        rest.push(cur.file_name()?.to_os_string());
+        cur = cur.parent()?.to_path_buf();
+    }
 }
 
 /// Writes `named` (f32) as safetensors with the `{"format": "pt"}` metadata of `save_pretrained`,
