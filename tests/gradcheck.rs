@@ -240,3 +240,17 @@ fn gradcheck_catches_a_wrong_gradient() {
     });
     assert!(result.is_err());
 }
+
+#[test]
+fn grad_kl_full_vocab() {
+    let logits = randn(&[2, 3, 4], 20);
+    let ref_logits = randn(&[2, 3, 4], 21);
+    let m = t2(&[&[1., 1., 0.], &[0., 1., 1.]]);
+    let w = randn(&[2, 3], 22);
+    gradcheck("kl_full_vocab ∂/∂logits", &logits, |z| {
+        (kl_full_vocab(z, &ref_logits, &m).unwrap() * &w).sum(Kind::Double)
+    });
+    gradcheck("kl_full_vocab ∂/∂ref_logits", &ref_logits, |z| {
+        (kl_full_vocab(&logits, z, &m).unwrap() * &w).sum(Kind::Double)
+    });
+}

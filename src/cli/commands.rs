@@ -236,3 +236,71 @@ pub fn generate_cmd(args: GenerateArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// `rlhf-lab best-of-n`: runs [`crate::train::best_of_n::run_best_of_n`] and prints one line per N.
+pub fn best_of_n_cmd(
+    config: PathBuf,
+    out: Option<PathBuf>,
+    n: Option<Vec<usize>>,
+    threads: Option<i32>,
+) -> Result<()> {
+    use crate::train::best_of_n::{run_best_of_n, BestOfNConfig, BestOfNOptions};
+    let mut cfg = BestOfNConfig::from_file(&config)?;
+    if let Some(n) = n {
+        cfg.n = n;
+    }
+    if threads.is_some() {
+        cfg.threads = threads;
+    }
+    let s = run_best_of_n(
+        &cfg,
+        &BestOfNOptions {
+            out_dir: out,
+            data_dir: None,
+            config_file: Some(config),
+        },
+    )?;
+    println!(
+        "best-of-n {}: {} prompts, scorer {}, ground truth {}; policy {}",
+        s.name, s.n_prompts, s.scorer, s.ground_truth, s.policy
+    );
+    for r in &s.rows {
+        println!(
+            "  N = {:>4}  KL = log N − (N−1)/N = {:.4}  score {:.4} ± {:.4} (σ {:.4})  ground truth {}  length {:.1}",
+            r.n,
+            r.kl_analytic,
+            r.score_mean,
+            r.score_std,
+            r.score_sigmoid_mean,
+            r.ground_truth_mean
+                .map(|g| format!("{g:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            r.response_len
+        );
+    }
+    println!(
+        "best-of-n: {:.1} s, {:.0} tokens/s on {}; wrote {}",
+        s.wall_s,
+        s.tokens_per_s,
+        s.device,
+        s.out_dir.display()
+    );
+    Ok(())
+}
+
+/// `rlhf-lab export`: [`crate::train::export::export_hf`].
+pub fn export_cmd(run: &Path, out: &Path, heads: bool) -> Result<()> {
+    let s = crate::train::export::export_hf(run, out, heads)?;
+    println!(
+        "export: {} -> {} ({} tensors, {} parameters, vocab {}, eos {}, pad {}{})",
+        s.checkpoint.display(),
+        s.out.display(),
+        s.tensors,
+        s.parameters,
+        s.vocab_size,
+        s.eos_id,
+        s.pad_id,
+        if s.heads { ", heads kept" } else { "" }
+    );
+    Ok(())
+}

@@ -158,6 +158,35 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Best-of-N: N samples per held-out prompt from an SFT run, reranked by a scorer; reports the mean
+    /// kept score beside the analytic KL log N − (N−1)/N (configs/best-of-n-*.toml).
+    BestOfN {
+        /// Run configuration (TOML).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Output directory (default: reports/<name> of the config).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Override the config's N values (comma-separated, e.g. 1,4,16).
+        #[arg(long, value_delimiter = ',')]
+        n: Option<Vec<usize>>,
+        /// Override the config's libtorch thread count.
+        #[arg(long)]
+        threads: Option<i32>,
+    },
+    /// Write the latest checkpoint of a GPT run as a Hugging Face GPT-2 folder (config.json,
+    /// model.safetensors, tokenizer files) that transformers' from_pretrained loads.
+    Export {
+        /// The run directory (an `sft` run, or any run with the same checkpoint layout).
+        #[arg(long)]
+        run: std::path::PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Keep the value/score heads as extra tensors (transformers ignores them when loading).
+        #[arg(long)]
+        heads: bool,
+    },
 }
 
 /// The flags every trainer takes (one run directory: `train::run`).
@@ -409,6 +438,13 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::BestOfN {
+            config,
+            out,
+            n,
+            threads,
+        } => finish(commands::best_of_n_cmd(config, out, n, threads)),
+        Command::Export { run, out, heads } => finish(commands::export_cmd(&run, &out, heads)),
         Command::Presets { markdown } => {
             if markdown {
                 print!("{}", crate::core::conventions::markdown_table());

@@ -62,6 +62,8 @@ impl EvalConfig {
 pub struct EvalSample {
     pub prompt: String,
     pub response: String,
+    /// The sampled response token ids (EOS included when sampled, no padding).
+    pub response_ids: Vec<i64>,
     pub score: f64,
     pub kl_exact: f64,
 }
@@ -107,6 +109,31 @@ fn to_f64s(t: &Tensor) -> Result<Vec<f64>> {
     Ok(Vec::<f64>::try_from(
         &t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu),
     )?)
+}
+
+/// Scores of `texts` under `scorer` as f64, one per text; a scorer that returns another number of
+/// scores, or a NaN/Inf score, is an error (never a silent NaN in a mean).
+pub fn score_texts(scorer: &dyn SentimentScorer, texts: &[&str]) -> Result<Vec<f64>> {
+    let scores = to_f64s(&scorer.score(texts)?)?;
+    if scores.len() != texts.len() {
+        return Err(RlhfError::invalid(
+            "scorer",
+            format!(
+                "{} returned {} scores for {} texts",
+                scorer.name(),
+                scores.len(),
+                texts.len()
+            ),
+        ));
+    }
+    let bad = scores.iter().filter(|s| !s.is_finite()).count();
+    if bad > 0 {
+        return Err(RlhfError::NonFinite {
+            arg: format!("{} score", scorer.name()),
+            count: bad as i64,
+        });
+    }
+    Ok(scores)
 }
 
 /// Evaluates `policy` against `reference` on `prompts` (token ids, each non-empty) with `scorer`.
@@ -188,13 +215,17 @@ pub fn evaluate(
         }
         let full: Vec<String> = texts.iter().map(|(p, r)| format!("{p}{r}")).collect();
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        let scores = to_f64s(&scorer.score(&refs)?)?;
-        for (((prompt, response), score), kl) in
-            texts.into_iter().zip(scores).zip(to_f64s(&kl_seq)?)
+        let scores = score_texts(scorer, &refs)?;
+        for ((((prompt, response), score), kl), ids) in texts
+            .into_iter()
+            .zip(scores)
+            .zip(to_f64s(&kl_seq)?)
+            .zip(resp.iter().cloned())
         {
             samples.push(EvalSample {
                 prompt,
                 response,
+                response_ids: ids,
                 score,
                 kl_exact: kl,
             });

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
+pub mod tiny;
 use tch::{Kind, Tensor};
 
 pub fn t1(x: &[f64]) -> Tensor {
