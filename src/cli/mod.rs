@@ -1,5 +1,6 @@
 //! `rlhf-lab` command line: `demo` prints the seed worked example through the library; `calc <op>` runs
-//! any primitive on JSON; `sft --config <toml>` trains the GPT on the review corpus (resumable).
+//! any primitive on JSON; `sft --config <toml>` trains the GPT on the review corpus, `rm` a reward model
+//! and `dpo` a DPO-family policy from an SFT run (all resumable).
 
 pub mod calc;
 pub mod commands;
@@ -134,6 +135,127 @@ enum Command {
         #[arg(long, hide = true, default_value_t = 0)]
         step_delay_ms: u64,
     },
+    /// Reward-model training from an SFT run on preference pairs or ranked completions
+    /// (configs/rm-*.toml). Resumes automatically; --fresh starts over.
+    Rm {
+        #[command(flatten)]
+        run: TrainArgs,
+    },
+    /// DPO-family training (dpo, cdpo, robust, ipo, hinge, preferred-ft, unlikelihood) from an SFT run on
+    /// preference pairs (configs/dpo-*.toml). Resumes automatically; --fresh starts over.
+    Dpo {
+        #[command(flatten)]
+        run: TrainArgs,
+    },
+}
+
+/// The options every preference trainer's subcommand takes.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Run configuration (TOML).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    /// Run directory (default: reports/<name> of the config).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Require a checkpoint to resume from (error if there is none).
+    #[arg(long, conflicts_with = "fresh")]
+    resume: bool,
+    /// Delete the run directory's checkpoints, metrics and reports and start over.
+    #[arg(long)]
+    fresh: bool,
+    /// Override optim.max_steps of the config (part of the config: a resume must use the same value).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Override the config's libtorch thread count.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// No progress bar and no per-eval lines.
+    #[arg(long)]
+    quiet: bool,
+    /// report.html loads plotly.js from its CDN (small file, needs a network) instead of inlining it.
+    #[arg(long)]
+    plotly_cdn: bool,
+    /// Test hook: sleep this many milliseconds after every step.
+    #[arg(long, hide = true, default_value_t = 0)]
+    step_delay_ms: u64,
+}
+
+impl TrainArgs {
+    fn options(&self) -> crate::train::run::RunOptions {
+        use crate::train::run::{ResumeMode, RunOptions};
+        RunOptions {
+            out_dir: self.out.clone(),
+            resume: if self.fresh {
+                ResumeMode::Fresh
+            } else if self.resume {
+                ResumeMode::Require
+            } else {
+                ResumeMode::Auto
+            },
+            config_file: Some(self.config.clone()),
+            progress: !self.quiet,
+            verbose: !self.quiet,
+            step_delay_ms: self.step_delay_ms,
+            data_dir: None,
+            plotly_cdn: self.plotly_cdn,
+        }
+    }
+}
+
+/// `rlhf-lab rm`.
+fn rm_cmd(a: &TrainArgs) -> Result<(), RlhfError> {
+    use crate::train::rm::{run_rm, RmConfig};
+    let mut cfg = RmConfig::from_file(&a.config)?;
+    if let Some(n) = a.max_steps {
+        cfg.optim.max_steps = n;
+    }
+    if a.threads.is_some() {
+        cfg.threads = a.threads;
+    }
+    let s = run_rm(&cfg, &a.options())?;
+    println!(
+        "{}: {} steps{}, validation loss {:.4}, accuracy {:.4}, {:.0} train tokens/s, {:.1} s; run dir {}",
+        a.config.display(),
+        s.steps,
+        s.resumed_from
+            .map(|r| format!(" (resumed from step {r})"))
+            .unwrap_or_default(),
+        s.final_val_loss,
+        s.final_val_accuracy,
+        s.train_tokens_per_s,
+        s.wall_s,
+        s.run_dir.display()
+    );
+    Ok(())
+}
+
+/// `rlhf-lab dpo`.
+fn dpo_cmd(a: &TrainArgs) -> Result<(), RlhfError> {
+    use crate::train::dpo::{run_dpo, DpoTrainConfig};
+    let mut cfg = DpoTrainConfig::from_file(&a.config)?;
+    if let Some(n) = a.max_steps {
+        cfg.optim.max_steps = n;
+    }
+    if a.threads.is_some() {
+        cfg.threads = a.threads;
+    }
+    let s = run_dpo(&cfg, &a.options())?;
+    println!(
+        "{}: {} steps{}, validation loss {:.4}, reward accuracy {:.4}, margin {:.4}, {:.0} train tokens/s, {:.1} s; run dir {}",
+        a.config.display(),
+        s.steps,
+        s.resumed_from
+            .map(|r| format!(" (resumed from step {r})"))
+            .unwrap_or_default(),
+        s.final_val_loss,
+        s.final_val_accuracy,
+        s.final_val_margin,
+        s.train_tokens_per_s,
+        s.wall_s,
+        s.run_dir.display()
+    );
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -263,6 +385,8 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Rm { run } => finish(rm_cmd(&run)),
+        Command::Dpo { run } => finish(dpo_cmd(&run)),
         Command::Presets { markdown } => {
             if markdown {
                 print!("{}", crate::core::conventions::markdown_table());
