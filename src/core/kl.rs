@@ -121,7 +121,10 @@ pub fn kl_full_vocab(logits: &Tensor, ref_logits: &Tensor, mask: &Tensor) -> Res
     // Masked rows are zeroed before the softmax so junk there cannot produce NaN.
     let zero = Tensor::from(0.0).to_kind(kind).to_device(logits.device());
     let keep = m.unsqueeze(-1);
-    let lp = logits.to_kind(kind).where_self(&keep, &zero).log_softmax(-1, kind); // (B, T, V)
+    let lp = logits
+        .to_kind(kind)
+        .where_self(&keep, &zero)
+        .log_softmax(-1, kind); // (B, T, V)
     let lq = ref_logits
         .to_kind(kind)
         .where_self(&keep, &zero)

@@ -100,7 +100,9 @@ pub fn distinct_n(seqs: &[Vec<i64>], n: usize) -> f64 {
 }
 
 fn to_f64s(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(Vec::<f64>::try_from(&t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu))?)
+    Ok(Vec::<f64>::try_from(
+        &t.detach().to_kind(Kind::Double).to_device(tch::Device::Cpu),
+    )?)
 }
 
 /// Evaluates `policy` against `reference` on `prompts` (token ids, each non-empty) with `scorer`.
@@ -136,13 +138,21 @@ pub fn evaluate(
             GenerationConfig::new(cfg.max_new_tokens, tokenizer.eos_id(), tokenizer.pad_id());
         // Chunk i samples from streams of seed + i·φ (φ: the 32-bit golden ratio), rows within a chunk
         // from their own streams: fixed for a given (seed, batch_size, prompts).
-        gen_cfg.seed = cfg.seed.wrapping_add((chunk_i * cfg.batch_size) as u64 * 0x9E37_79B9);
+        gen_cfg.seed = cfg
+            .seed
+            .wrapping_add((chunk_i * cfg.batch_size) as u64 * 0x9E37_79B9);
         let g = generate(policy, chunk, &gen_cfg)?;
         let (p, n) = (g.prompt_width(), g.response_width());
         // Teacher-forced logits of both models over prompt ‖ response; columns P−1 .. P+N−1 predict
         // the response tokens.
         let logits_of = |m: &dyn RlhfLm| -> Result<Tensor> {
-            let h = m.forward_hidden(&g.sequences, &g.attention_mask, &g.position_ids, None, false)?;
+            let h = m.forward_hidden(
+                &g.sequences,
+                &g.attention_mask,
+                &g.position_ids,
+                None,
+                false,
+            )?;
             m.lm_logits(&h.narrow(1, p - 1, n)) // (B, N, V)
         };
         let (lp, lq) = (logits_of(policy)?, logits_of(reference)?);
@@ -163,7 +173,11 @@ pub fn evaluate(
         let resp = g.responses()?;
         let mut texts = Vec::with_capacity(chunk.len());
         for (prompt, r) in chunk.iter().zip(&resp) {
-            let body: Vec<i64> = r.iter().copied().filter(|&t| t != tokenizer.eos_id()).collect();
+            let body: Vec<i64> = r
+                .iter()
+                .copied()
+                .filter(|&t| t != tokenizer.eos_id())
+                .collect();
             let prompt_text = tokenizer.decode(prompt)?;
             let response_text = tokenizer.decode(&body)?;
             texts.push((prompt_text, response_text));
@@ -171,7 +185,9 @@ pub fn evaluate(
         let full: Vec<String> = texts.iter().map(|(p, r)| format!("{p}{r}")).collect();
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         let scores = to_f64s(&scorer.score(&refs)?)?;
-        for (((prompt, response), score), kl) in texts.into_iter().zip(scores).zip(to_f64s(&kl_seq)?) {
+        for (((prompt, response), score), kl) in
+            texts.into_iter().zip(scores).zip(to_f64s(&kl_seq)?)
+        {
             samples.push(EvalSample {
                 prompt,
                 response,
@@ -184,9 +200,8 @@ pub fn evaluate(
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let scores: Vec<f64> = samples.iter().map(|s| s.score).collect();
     let score_mean = mean(&scores);
-    let score_std = (scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f64>()
-        / scores.len() as f64)
-        .sqrt();
+    let score_std =
+        (scores.iter().map(|s| (s - score_mean).powi(2)).sum::<f64>() / scores.len() as f64).sqrt();
     let sig: Vec<f64> = scores.iter().map(|s| 1.0 / (1.0 + (-s).exp())).collect();
     let kls: Vec<f64> = samples.iter().map(|s| s.kl_exact).collect();
     Ok(EvalResult {

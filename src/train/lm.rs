@@ -35,13 +35,19 @@ impl LoadedLm {
         if !run_dir.is_dir() {
             return Err(RlhfError::invalid(
                 field,
-                format!("{} is not a run directory (train it first)", run_dir.display()),
+                format!(
+                    "{} is not a run directory (train it first)",
+                    run_dir.display()
+                ),
             ));
         }
         let ckpt = run::latest_checkpoint(run_dir)?.ok_or_else(|| {
             RlhfError::invalid(
                 field,
-                format!("{} has no checkpoint yet (checkpoints/latest.json)", run_dir.display()),
+                format!(
+                    "{} has no checkpoint yet (checkpoints/latest.json)",
+                    run_dir.display()
+                ),
             )
         })?;
         Self::from_dir(&ckpt, &run_dir.join("tokenizer.json"), device)
