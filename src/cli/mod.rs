@@ -1,5 +1,7 @@
 //! `rlhf-lab` command line: `demo` prints the seed worked example through the library; `calc <op>` runs
-//! any primitive on JSON; `sft --config <toml>` trains the GPT on the review corpus (resumable).
+//! any primitive on JSON; `sft --config <toml>` trains the GPT on the review corpus, `rm` a reward model,
+//! `dpo` a DPO-family policy and `ppo` a PPO policy from an SFT run (all resumable); `reproduce` runs a
+//! paper experiment end to end.
 
 pub mod calc;
 pub mod commands;
@@ -134,6 +136,12 @@ enum Command {
         #[arg(long, hide = true, default_value_t = 0)]
         step_delay_ms: u64,
     },
+    /// Reward-model training from an SFT run on preference pairs or ranked completions
+    /// (configs/rm-*.toml). Resumes automatically; --fresh starts over.
+    Rm(TrainArgs),
+    /// DPO-family training (dpo, cdpo, robust, ipo, hinge, preferred-ft, unlikelihood) from an SFT run on
+    /// preference pairs (configs/dpo-*.toml). Resumes automatically; --fresh starts over.
+    Dpo(TrainArgs),
     /// PPO with four models (actor, reference, critic, reward) on review prefixes, from an SFT run
     /// (resumable; see configs/ppo-*.toml).
     Ppo(TrainArgs),
@@ -241,6 +249,61 @@ impl TrainArgs {
             plotly_cdn: self.plotly_cdn,
         }
     }
+}
+
+/// `rlhf-lab rm`.
+fn rm_cmd(a: &TrainArgs) -> Result<(), RlhfError> {
+    use crate::train::rm::{run_rm, RmConfig};
+    let mut cfg = RmConfig::from_file(&a.config)?;
+    if let Some(n) = a.max_steps {
+        cfg.optim.max_steps = n;
+    }
+    if a.threads.is_some() {
+        cfg.threads = a.threads;
+    }
+    let s = run_rm(&cfg, &a.options())?;
+    println!(
+        "{}: {} steps{}, validation loss {:.4}, accuracy {:.4}, {:.0} train tokens/s, {:.1} s; run dir {}",
+        a.config.display(),
+        s.steps,
+        s.resumed_from
+            .map(|r| format!(" (resumed from step {r})"))
+            .unwrap_or_default(),
+        s.final_val_loss,
+        s.final_val_accuracy,
+        s.train_tokens_per_s,
+        s.wall_s,
+        s.run_dir.display()
+    );
+    Ok(())
+}
+
+/// `rlhf-lab dpo`.
+fn dpo_cmd(a: &TrainArgs) -> Result<(), RlhfError> {
+    use crate::train::dpo::{run_dpo, DpoTrainConfig};
+    let mut cfg = DpoTrainConfig::from_file(&a.config)?;
+    if let Some(n) = a.max_steps {
+        cfg.optim.max_steps = n;
+    }
+    if a.threads.is_some() {
+        cfg.threads = a.threads;
+    }
+    let s = run_dpo(&cfg, &a.options())?;
+    println!(
+        "{}: {} steps{}, validation loss {:.4}, reward accuracy {:.4}, margin {:.4}, {:.0} train tokens/s, {:.1} s; run dir {}",
+        a.config.display(),
+        s.steps,
+        s.resumed_from
+            .map(|r| format!(" (resumed from step {r})"))
+            .unwrap_or_default(),
+        s.final_val_loss,
+        s.final_val_accuracy,
+        s.final_val_margin,
+        s.train_tokens_per_s,
+        s.wall_s,
+        s.run_dir.display()
+    );
+    Ok(())
 }
 
 /// Prints a trainer's error like every command (exit 2) or its one-line summary (exit 0).
@@ -353,6 +416,8 @@ pub fn main() -> ExitCode {
                 s.out_dir.display()
             ))
         })()),
+        Command::Rm(args) => finish(rm_cmd(&args)),
+        Command::Dpo(args) => finish(dpo_cmd(&args)),
         Command::Ppo(args) => report_run((|| {
             use crate::train::ppo::{run_ppo, PpoConfig};
             let mut cfg = PpoConfig::from_file(&args.config)?;

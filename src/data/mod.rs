@@ -26,7 +26,10 @@ pub mod stats;
 
 pub use checksum::verify_checksums;
 pub use load::{load_all, load_pang_lee_reviews, load_pang_lee_sentences, load_rotten_tomatoes};
-pub use preferences::{read_preferences, write_preferences, PreferencePair};
+pub use preferences::{
+    read_preferences, read_preferences_numbered, read_ranked, read_ranked_numbered,
+    write_preferences, write_ranked, PreferencePair, RankedCompletions,
+};
 pub use split::{normalise, split_of, Split, Splits};
 pub use stats::{print_stats, save_stats, stats, stats_rows, StatsRow};
 

@@ -622,7 +622,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
 
     // 5.–6. The DPO family and PPO, per seed.
     let mut points: Vec<Point> = Vec::new();
-    let mut push_points = |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>| {
+    let push_points = |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>| {
         for &(step, kl, reward) in &rp.points {
             points.push(Point {
                 algorithm: alg.into(),

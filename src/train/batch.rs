@@ -55,8 +55,14 @@ impl PromptCompletion {
         })
     }
 
-    fn len(&self) -> usize {
+    /// Tokens of prompt and completion.
+    pub fn len(&self) -> usize {
         self.prompt.len() + self.completion.len()
+    }
+
+    /// Never true after [`PromptCompletion::encode`] (the completion holds at least EOS).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -137,8 +143,26 @@ pub fn completion_token_logps(
         None,
         train,
     )?; // (B, T, C)
+    let logits = model.lm_logits(&hidden)?; // (B, T, V)
+    completion_token_logps_from_logits(&logits, batch)
+}
+
+/// [`completion_token_logps`] from the model's logits `(B, T, V)` over the whole batch: the prediction
+/// at position `t` is scored against `input_ids[:, t + 1]` where `completion_mask[:, t + 1] = 1`; the
+/// last position predicts nothing. Prompt and padding targets get log-prob 0 and no gradient.
+pub fn completion_token_logps_from_logits(
+    logits: &Tensor,
+    batch: &SeqBatch,
+) -> Result<(Tensor, Tensor)> {
     let t = batch.input_ids.size()[1];
-    let logits = model.lm_logits(&hidden.narrow(1, 0, t - 1))?; // (B, T-1, V)
+    if logits.dim() != 3 || logits.size()[..2] != [batch.len(), t] {
+        return Err(RlhfError::shape(
+            "logits",
+            logits.size(),
+            format!("(B, T, V) with (B, T) = ({}, {t})", batch.len()),
+        ));
+    }
+    let logits = logits.narrow(1, 0, t - 1); // (B, T-1, V)
     let labels = batch.input_ids.narrow(1, 1, t - 1); // (B, T-1)
     let mask = batch
         .completion_mask
@@ -157,4 +181,150 @@ pub fn completion_logps(
 ) -> Result<(Tensor, Tensor)> {
     let (logps, mask) = completion_token_logps(model, batch, train)?;
     sequence_log_probs(&logps, &mask)
+}
+
+/// How a preference file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreferenceFormat {
+    /// TRL preference JSONL (`prompt`, `chosen`, `rejected`): K = 2 ([`crate::data::read_preferences`]).
+    #[default]
+    Pairs,
+    /// Ranked JSONL (`prompt`, `completions` best first, `scores`): K ≥ 2 ([`crate::data::read_ranked`]).
+    Ranked,
+}
+
+/// One prompt with K ≥ 2 tokenised completions ranked best first — a preference pair is K = 2
+/// (chosen, rejected) — and the 1-based line of the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedGroup {
+    pub line: usize,
+    /// `prompt ‖ completion_k ‖ EOS`, best first; every entry has the same prompt tokens.
+    pub completions: Vec<PromptCompletion>,
+    /// The scores that ranked the completions (`score_chosen`, `score_rejected` for pairs), if given.
+    pub scores: Option<Vec<f64>>,
+}
+
+impl RankedGroup {
+    /// Number of ranked completions K.
+    pub fn k(&self) -> usize {
+        self.completions.len()
+    }
+
+    /// Real tokens of all its sequences.
+    pub fn n_tokens(&self) -> usize {
+        self.completions.iter().map(|c| c.len()).sum()
+    }
+}
+
+/// Training and validation groups of a preference file, split by [`crate::data::split_of`] of the
+/// prompt (the review corpus's split rule: a prompt's pairs never straddle train and validation; the
+/// test bucket is left out for final evaluation).
+#[derive(Debug, Clone)]
+pub struct PreferenceSplits {
+    pub train: Vec<RankedGroup>,
+    pub validation: Vec<RankedGroup>,
+}
+
+/// Reads and tokenises a preference file. `field` is the config field naming the file (e.g.
+/// `data.path`). Errors: a missing/malformed file (the reader's, naming the line); no record at all, no
+/// training or no validation record ([`RlhfError::Invalid`] naming `field`); a pair whose `chosen`
+/// equals its `rejected`, or a prompt + completion longer than `max_len` tokens
+/// ([`RlhfError::Format`] naming the 1-based line).
+pub fn load_preference_groups(
+    path: &std::path::Path,
+    format: PreferenceFormat,
+    tok: &Tokenizer,
+    max_len: usize,
+    field: &str,
+) -> Result<PreferenceSplits> {
+    use crate::data::{read_preferences_numbered, read_ranked_numbered, split_of, Split};
+    let what = match format {
+        PreferenceFormat::Pairs => "preference JSONL file",
+        PreferenceFormat::Ranked => "ranked-completions JSONL file",
+    };
+    // (line, prompt, completions best first, scores)
+    let records: Vec<(usize, String, Vec<String>, Option<Vec<f64>>)> = match format {
+        PreferenceFormat::Pairs => read_preferences_numbered(path)?
+            .into_iter()
+            .map(|(line, p)| {
+                if p.chosen == p.rejected {
+                    return Err(RlhfError::format(
+                        path,
+                        what,
+                        format!("line {line}: `chosen` equals `rejected`; such a pair carries no preference"),
+                    ));
+                }
+                let scores = p.score_chosen.zip(p.score_rejected).map(|(c, r)| vec![c, r]);
+                Ok((line, p.prompt, vec![p.chosen, p.rejected], scores))
+            })
+            .collect::<Result<_>>()?,
+        PreferenceFormat::Ranked => read_ranked_numbered(path)?
+            .into_iter()
+            .map(|(line, r)| (line, r.prompt, r.completions, r.scores))
+            .collect(),
+    };
+    if records.is_empty() {
+        return Err(RlhfError::invalid(
+            field,
+            format!("{} holds no record", path.display()),
+        ));
+    }
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for (line, prompt, completions, scores) in records {
+        // Every record is checked (test-split ones too), so a bad line never hides behind the split.
+        let split = split_of(&prompt);
+        let completions = completions
+            .iter()
+            .map(|c| PromptCompletion::encode(tok, &prompt, c, max_len))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| RlhfError::format(path, what, format!("line {line}: {e}")))?;
+        let g = RankedGroup {
+            line,
+            completions,
+            scores,
+        };
+        match split {
+            Split::Train => train.push(g),
+            Split::Validation => validation.push(g),
+            Split::Test => {}
+        }
+    }
+    for (name, v) in [("training", &train), ("validation", &validation)] {
+        if v.is_empty() {
+            return Err(RlhfError::invalid(
+                field,
+                format!(
+                    "{} has no {name} record (records are split by the prompt's hash: 80 % train, 10 % validation, 10 % test)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(PreferenceSplits { train, validation })
+}
+
+/// Pads the completions of `groups` into one batch, group by group and best first within a group:
+/// row `g·K + k` is completion `k` of group `g`, so a `(P·K,)` per-row result viewed as `(P, K)` has
+/// one prompt per row, ranked best first (all K completions of a prompt sit in the same batch). Every
+/// group must have the same K.
+pub fn collate_groups(
+    groups: &[&RankedGroup],
+    pad_id: i64,
+    padding: Padding,
+    device: Device,
+) -> Result<SeqBatch> {
+    let k = groups.first().map(|g| g.k()).unwrap_or(0);
+    if let Some(g) = groups.iter().find(|g| g.k() != k) {
+        return Err(RlhfError::invalid(
+            "groups",
+            format!(
+                "line {} has {} completions, the batch's first group {k}: one K per batch",
+                g.line,
+                g.k()
+            ),
+        ));
+    }
+    let rows: Vec<&PromptCompletion> = groups.iter().flat_map(|g| g.completions.iter()).collect();
+    SeqBatch::collate(&rows, pad_id, padding, device)
 }
