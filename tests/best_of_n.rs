@@ -397,8 +397,8 @@ fn cli_best_of_n_on_a_tiny_sft_run() {
         "`n`",
     );
     expect_2(
-        config(&sft, &clf).replace("prompt_tokens = 8", "prompt_tokens = 60"),
-        "prompts.prompt_tokens",
+        config(&sft, &clf).replace("max_tokens = 8", "max_tokens = 60"),
+        "prompts.prefix.max_tokens",
     );
     expect_2(
         config(&sft, &clf).replace("seed = 0", "seed = 0\ntemperature = 2"),

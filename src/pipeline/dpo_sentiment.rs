@@ -168,18 +168,18 @@ impl Scale {
             "quick" => Scale {
                 name: "quick",
                 sft: SFT_QUICK,
-                n_prefixes: 192,
+                n_prefixes: 384,
                 max_new_tokens: 16,
-                eval_prompts: 64,
-                rm_steps: 60,
-                dpo_steps: 60,
-                dpo_eval_interval: 20,
-                dpo_lr: 1e-3,
+                eval_prompts: 128,
+                rm_steps: 200,
+                dpo_steps: 100,
+                dpo_eval_interval: 25,
+                dpo_lr: 3e-4,
                 dpo_betas: &[0.1, 1.0, 5.0],
                 ipo_betas: &[],
                 cdpo: &[],
                 ul_alphas: &[0.1],
-                ppo_iterations: 16,
+                ppo_iterations: 24,
                 ppo_eval_interval: 8,
                 ppo_batch: 16,
                 ppo_targets: &[3.0],
@@ -482,7 +482,9 @@ fn dpo_specs(scale: &Scale) -> Vec<DpoSpec> {
     v
 }
 
-/// A PPO run of the sweep.
+/// A PPO run of the sweep. The adaptive controller's horizon is one rollout batch, so β can move by up to
+/// 20% per iteration (Ziegler et al. 2019's clip): with a few dozen iterations a TRL-sized horizon
+/// (10,000 samples) would leave β at its initial value.
 struct PpoSpec {
     algorithm: &'static str,
     setting: String,
@@ -660,9 +662,6 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 let s = crate::train::dpo::run_dpo(&c, &RunOptions { data_dir: Some(data_dir.clone()), ..runs_quietly(dir) })?;
                 Ok(RunPoints { points: eval_points(&s.run_dir)?, run_dir: s.run_dir })
             })?;
-            if let Some(&(0, _, r)) = rp.points.first() {
-                sft_reward = r;
-            }
             say(format!("{name}: {} points", rp.points.len()));
             push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points);
         }
@@ -672,8 +671,8 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 "name = \"ppo\"\nseed = {}\nthreads = 1\nsft_run = {}\nreward = \"{}\"\nreward_model_run = {}\ncritic_init = \"sft\"\n\
                  preset = \"rlhf-lab\"\nreward_norm = \"{}\"\nppo_epochs = 4\nnum_minibatches = 4\nvf_coef = 0.1\nmax_new_tokens = {}\n\
                  eval_interval = {}\ncheckpoint_interval = {}\nkeep_checkpoints = 1\n\
-                 {}\n[kl]\nkind = \"adaptive\"\ninit = 0.1\ntarget = {:?}\nhorizon = 1000\n\
-                 [optim]\nlr = 1e-3\nmin_lr = 1e-3\nwarmup_steps = 0\nmax_steps = {}\nbatch_size = {batch}\ngrad_clip = 1.0\nweight_decay = 0.0\n",
+                 {}\n[kl]\nkind = \"adaptive\"\ninit = 0.1\ntarget = {:?}\nhorizon = {batch}\n\
+                 [optim]\nlr = 3e-4\nmin_lr = 3e-4\nwarmup_steps = 0\nmax_steps = {}\nbatch_size = {batch}\ngrad_clip = 1.0\nweight_decay = 0.0\n",
                 seed + 1,
                 toml_path(&sft_run),
                 spec.reward,
@@ -708,7 +707,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
             }
             let scorer_path = if scorer == "classifier" { gt_dir.clone() } else { rm_run.clone() };
             let text = format!(
-                "name = \"bon\"\nsft_run = {}\nn = {:?}\nthreads = 1\n[prompts]\nsplit = \"test\"\ncount = {}\n\
+                "name = \"bon\"\nsft_run = {}\nn = {:?}\nthreads = 1\n[prompts]\nsplit = \"test\"\ncount = {}\nseed = 7\n\
                  [sampling]\nmax_new_tokens = {}\nseed = {}\n[scorer]\nkind = \"{scorer}\"\npath = {}\nground_truth = {}\n",
                 toml_path(&sft_run),
                 scale.bon_ns,
@@ -751,7 +750,16 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
         }
     }
 
-    // 8. The frontier.
+    // 8. The frontier. The SFT policy's reward: the step-0 evaluations (every trainer evaluates the SFT
+    // model before its first step, on the same prompts and streams).
+    let at_zero: Vec<f64> = points
+        .iter()
+        .filter(|p| p.step == 0 && !p.algorithm.starts_with("Best-of-N"))
+        .map(|p| p.reward)
+        .collect();
+    if !at_zero.is_empty() {
+        sft_reward = at_zero.iter().sum::<f64>() / at_zero.len() as f64;
+    }
     let matched = matched_kl(&points, &MATCHED_KL);
     let timings = st.timings.clone();
     let summary = ReproduceSummary {

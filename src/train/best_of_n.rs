@@ -33,6 +33,7 @@ use crate::model::RlhfLm;
 use crate::train::config::{self, TrainConfig};
 use crate::train::eval::score_texts;
 use crate::train::lm::LoadedLm;
+use crate::train::prompts::PrefixConfig;
 use crate::train::report::RunManifest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -373,17 +374,23 @@ fn validate_ns(ns: &[usize]) -> Result<()> {
 // The `best-of-n` run: config, prompts, files
 // ---------------------------------------------------------------------------------------------------
 
-/// Held-out prompts: the first tokens of review texts of a split.
+/// Held-out prompts: review prefixes of a split, drawn as the evaluator draws them
+/// ([`crate::train::prompts::eval_prefixes`]): with the same `count`, `prefix` and `seed` as a trainer's
+/// `[eval]` section, Best-of-N answers exactly the trainers' evaluation prompts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptsSection {
     /// `validation` or `test` split of the review corpus ([`crate::data::lm_texts`]).
     #[serde(default = "default_split")]
     pub split: Split,
-    /// Number of prompts: the first `count` texts of the split with at least `prompt_tokens` tokens.
+    /// Number of prompts.
     pub count: usize,
-    /// Tokens per prompt (the policy's tokenizer).
-    pub prompt_tokens: usize,
+    /// Prefix lengths in tokens (default 2–8, the DPO paper's).
+    #[serde(default)]
+    pub prefix: PrefixConfig,
+    /// Seed of the prefix draw.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 fn default_split() -> Split {
@@ -396,6 +403,8 @@ fn default_split() -> Split {
 pub enum ScorerKind {
     /// The bag-of-words NB-LR classifier saved by `rlhf-lab reward train` (`<dir>` = its `model/`).
     Classifier,
+    /// A reward model trained by `rlhf-lab rm` (`<dir>` = its run directory).
+    RewardModel,
 }
 
 /// The reranking scorer and the ground truth reported beside it.
@@ -436,12 +445,7 @@ impl TrainConfig for BestOfNConfig {
         }
         validate_ns(&self.n)?;
         crate::core::check::count_in("prompts.count", self.prompts.count, 1, 1 << 24)?;
-        crate::core::check::count_in(
-            "prompts.prompt_tokens",
-            self.prompts.prompt_tokens,
-            1,
-            1 << 20,
-        )?;
+        self.prompts.prefix.validate("prompts.prefix")?;
         if self.prompts.split == Split::Train {
             return Err(RlhfError::invalid(
                 "prompts.split",
@@ -450,6 +454,12 @@ impl TrainConfig for BestOfNConfig {
         }
         if let Some(t) = self.threads {
             crate::core::check::at_least("threads", t as i64, 1)?;
+        }
+        if self.scorer.kind == ScorerKind::RewardModel && self.scorer.ground_truth.is_none() {
+            return Err(RlhfError::invalid(
+                "scorer.ground_truth",
+                "required with kind = \"reward-model\" (the classifier that reports the true reward)",
+            ));
         }
         self.sampling.validate()
     }
@@ -490,32 +500,20 @@ pub struct BestOfNSummary {
     pub out_dir: PathBuf,
 }
 
-/// The first `count` texts of `split` with at least `prompt_tokens` tokens, cut to that many tokens.
+/// The held-out prompts of `prompts` ([`crate::train::prompts::eval_prefixes`]).
 pub fn review_prompts(
     data_dir: &Path,
     tokenizer: &Tokenizer,
     prompts: &PromptsSection,
 ) -> Result<Vec<Vec<i64>>> {
-    let texts = crate::data::lm_texts(data_dir)?;
-    let mut out = Vec::with_capacity(prompts.count);
-    for t in texts.get(prompts.split) {
-        let ids = tokenizer.encode(t)?;
-        if ids.len() >= prompts.prompt_tokens {
-            out.push(ids[..prompts.prompt_tokens].to_vec());
-            if out.len() == prompts.count {
-                return Ok(out);
-            }
-        }
-    }
-    Err(RlhfError::invalid(
-        "prompts.count",
-        format!(
-            "the {} split has only {} texts of ≥ {} tokens",
-            prompts.split.name(),
-            out.len(),
-            prompts.prompt_tokens
-        ),
-    ))
+    crate::train::prompts::eval_prefixes(
+        data_dir,
+        tokenizer,
+        prompts.split,
+        prompts.count,
+        &prompts.prefix,
+        prompts.seed,
+    )
 }
 
 fn load_classifier(dir: &Path, field: &str) -> Result<BowClassifier> {
@@ -540,17 +538,18 @@ pub fn run_best_of_n(cfg: &BestOfNConfig, opts: &BestOfNOptions) -> Result<BestO
     let started = Instant::now();
     let policy = LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?;
     let max_pos = policy.config().n_positions as usize;
-    if cfg.prompts.prompt_tokens + cfg.sampling.max_new_tokens > max_pos {
+    if cfg.prompts.prefix.max_tokens + cfg.sampling.max_new_tokens > max_pos {
         return Err(RlhfError::invalid(
-            "prompts.prompt_tokens",
+            "prompts.prefix.max_tokens",
             format!(
                 "{} prompt + {} new tokens exceed the policy's {max_pos} positions",
-                cfg.prompts.prompt_tokens, cfg.sampling.max_new_tokens
+                cfg.prompts.prefix.max_tokens, cfg.sampling.max_new_tokens
             ),
         ));
     }
-    let scorer = match cfg.scorer.kind {
-        ScorerKind::Classifier => load_classifier(&cfg.scorer.path, "scorer.path")?,
+    let scorer: Box<dyn SentimentScorer> = match cfg.scorer.kind {
+        ScorerKind::Classifier => Box::new(load_classifier(&cfg.scorer.path, "scorer.path")?),
+        ScorerKind::RewardModel => Box::new(crate::train::rm::RewardModelScorer::from_run(&cfg.scorer.path)?),
     };
     let gt_path = cfg
         .scorer
@@ -566,7 +565,7 @@ pub fn run_best_of_n(cfg: &BestOfNConfig, opts: &BestOfNOptions) -> Result<BestO
         &policy.tokenizer,
         &prompts,
         &cfg.n,
-        &scorer,
+        scorer.as_ref(),
         Some(&gt),
         &cfg.sampling,
     )?;

@@ -50,6 +50,7 @@ use crate::train::batch::{
     RankedGroup,
 };
 use crate::train::config::{self, OptimSection, TrainConfig};
+use crate::train::eval::{EvalSection, Evaluator};
 use crate::train::lm::LoadedLm;
 use crate::train::optim::{clip_grad_norm, AdamW};
 use crate::train::report::{self, Panel, Series};
@@ -154,6 +155,10 @@ pub struct DpoTrainConfig {
     pub loss: DpoLossSection,
     /// AdamW + schedule; `batch_size` counts pairs per micro-batch.
     pub optim: OptimSection,
+    /// Optional generative evaluation at every eval step (held-out prefixes, ground truth, exact KL to
+    /// the reference: the reward–KL frontier's axes, [`crate::train::eval`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalSection>,
 }
 
 fn one_u64() -> u64 {
@@ -251,6 +256,9 @@ impl TrainConfig for DpoTrainConfig {
         self.loss.validate()?;
         self.optim.validate()?;
         at_least("eval_interval", self.eval_interval as i64, 1)?;
+        if let Some(e) = &self.eval {
+            e.validate()?;
+        }
         at_least("checkpoint_interval", self.checkpoint_interval as i64, 1)?;
         at_least("log_interval", self.log_interval as i64, 1)?;
         at_least("keep_checkpoints", self.keep_checkpoints as i64, 1)?;
@@ -296,7 +304,7 @@ const PAIR_STATS: [&str; 7] = [
 
 impl DpoRow {
     /// TRL `DPOTrainer` names.
-    pub const COLUMNS: [&'static str; 16] = [
+    pub const COLUMNS: [&'static str; 24] = [
         "lr",
         "grad_norm",
         "loss",
@@ -313,6 +321,14 @@ impl DpoRow {
         "val/rewards/margins",
         "val/logps/chosen",
         "val/logps/rejected",
+        "eval/score",
+        "eval/score_sigmoid",
+        "eval/kl_exact",
+        "eval/kl_k1",
+        "eval/kl_k3",
+        "eval/entropy",
+        "eval/response_len",
+        "eval/distinct_2",
     ];
 
     /// The value of column `name` (None if empty or unknown).
@@ -720,6 +736,16 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
         }
     ));
 
+    // The generative evaluation keeps a frozen reference in memory (the cache covers only the pairs).
+    let (evaluator, eval_reference) = match &cfg.eval {
+        Some(section) => {
+            let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
+            let mut r = LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?;
+            r.freeze();
+            (Some(Evaluator::new(section, &policy.tokenizer, &data_dir)?), Some(r))
+        }
+        None => (None, None),
+    };
     let model = policy.lm();
     let mut opt = AdamW::new(&policy.vs, cfg.optim.adamw())?;
     let n_params = policy.n_params();
@@ -754,8 +780,17 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
     run.save_manifest()?;
 
     let max_steps = cfg.optim.max_steps;
-    let row = |step, tokens, train: Option<([f64; 7], f64, f64)>, val: Option<[f64; 7]>| {
+    let row = |step,
+               tokens,
+               train: Option<([f64; 7], f64, f64)>,
+               val: Option<[f64; 7]>,
+               gen: Option<[f64; 8]>| {
         let mut v = vec![None; DpoRow::COLUMNS.len()];
+        if let Some(g) = gen {
+            for (j, x) in g.into_iter().enumerate() {
+                v[2 + 2 * PAIR_STATS.len() + j] = Some(x);
+            }
+        }
         if let Some((t, lr, gn)) = train {
             v[0] = Some(lr);
             v[1] = Some(gn);
@@ -786,7 +821,11 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
             device,
         )?
         .means();
-        run.push(row(0, 0, None, Some(e)));
+        let g = match (&evaluator, &eval_reference) {
+            (Some(ev), Some(r)) => Some(ev.run(model, r.lm(), &policy.tokenizer)?.columns()),
+            _ => None,
+        };
+        run.push(row(0, 0, None, Some(e), g));
         run.say(format!("step 0: val loss {:.4}", e[0]));
         run.write_metrics()?;
     }
@@ -864,7 +903,18 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
             } else {
                 None
             };
-            run.push(row(step, tokens_seen, Some((t, lr, grad_norm)), e));
+            let g = match (&evaluator, &eval_reference, do_eval) {
+                (Some(ev), Some(r), true) => {
+                    let res = ev.run(model, r.lm(), &policy.tokenizer)?;
+                    run.say(format!(
+                        "step {step}: held-out score {:.3} (σ {:.3}), exact KL {:.3}",
+                        res.score_mean, res.score_sigmoid_mean, res.kl_exact
+                    ));
+                    Some(res.columns())
+                }
+                _ => None,
+            };
+            run.push(row(step, tokens_seen, Some((t, lr, grad_norm)), e, g));
         }
         if do_eval {
             run.write_metrics()?;

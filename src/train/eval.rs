@@ -25,7 +25,7 @@ use crate::ground_truth::SentimentScorer;
 use crate::model::generate::{generate, GenerationConfig};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::RlhfLm;
-use crate::train::prompts::{review_prefixes, PrefixConfig};
+use crate::train::prompts::{eval_prefixes, PrefixConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -348,13 +348,13 @@ impl Evaluator {
     /// Draws the test prefixes (with `tokenizer`) and loads the ground truth.
     pub fn new(section: &EvalSection, tokenizer: &Tokenizer, data_dir: &Path) -> Result<Self> {
         section.validate()?;
-        let prompts = review_prefixes(
+        let prompts = eval_prefixes(
             data_dir,
             tokenizer,
             Split::Test,
             section.prompts,
             &section.prefix,
-            section.seed ^ 0xE7A1,
+            section.seed,
         )?;
         let scorer = load_ground_truth(section.ground_truth.as_deref(), "eval.ground_truth")?;
         Ok(Evaluator {

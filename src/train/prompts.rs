@@ -97,3 +97,18 @@ pub fn review_prefixes(
         })
         .collect())
 }
+
+/// Held-out prefixes as every evaluation draws them: [`review_prefixes`] with the seed salted, so an
+/// evaluation's prompts never coincide with a training draw of the same seed. The trainers' `[eval]`
+/// ([`crate::train::eval::Evaluator`]) and Best-of-N both call this: with the same count, prefix
+/// lengths and seed they answer the same prompts.
+pub fn eval_prefixes(
+    data_dir: &Path,
+    tokenizer: &Tokenizer,
+    split: Split,
+    n: usize,
+    cfg: &PrefixConfig,
+    seed: u64,
+) -> Result<Vec<Vec<i64>>> {
+    review_prefixes(data_dir, tokenizer, split, n, cfg, seed ^ 0xE7A1)
+}

@@ -731,24 +731,11 @@ impl SentimentScorer for RewardModelScorer {
                 Ok(ids)
             })
             .collect::<Result<_>>()?;
-        let model = self.lm.lm();
-        let device = model.device();
+        // One forward path for every reward-model score: `LoadedLm::score_sequences`.
         let mut out = Vec::new();
-        tch::no_grad(|| -> Result<()> {
-            for chunk in seqs.chunks(self.batch_size.max(1)) {
-                let lp = crate::model::left_pad(chunk, tok.pad_id(), device)?; // (N, T)
-                let hidden = model.forward_hidden(
-                    &lp.input_ids,
-                    &lp.attention_mask,
-                    &lp.position_ids,
-                    None,
-                    false,
-                )?; // (N, T, C)
-                let s = model.scores(&hidden, &lp.attention_mask)?; // (N,)
-                out.push(s.to_kind(Kind::Float).to_device(Device::Cpu));
-            }
-            Ok(())
-        })?;
+        for chunk in seqs.chunks(self.batch_size.max(1)) {
+            out.push(self.lm.score_sequences(chunk)?.to_kind(Kind::Float).to_device(Device::Cpu));
+        }
         if out.is_empty() {
             return Ok(Tensor::zeros([0], (Kind::Float, Device::Cpu)));
         }
