@@ -238,6 +238,7 @@ fn every_op_runs_on_good_input() {
             "ppo-experience",
             json!({ "log_probs": lp, "ref_log_probs": lp2, "values": lp2, "scores": [1.0, 2.0], "mask": m, "preset": "trl", "overrides": { "gamma": 0.99 } }),
         ),
+        ("presets", json!({})),
     ];
     let ops: Vec<&str> = rlhf_lab::calc::OPS.iter().map(|o| o.name).collect();
     for op in &ops {
