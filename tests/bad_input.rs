@@ -97,6 +97,8 @@ fn mismatched_shapes() {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: ScorePlacement::LastResponseToken,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: rlhf_lab::masked::EmptyRows::Error,
     };
     expect_err(
         kl_shaped_rewards(&ok2(), &ok2(), &ones2(), &scores3, &rc),
@@ -323,6 +325,8 @@ fn hyper_parameters_out_of_range() {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: ScorePlacement::LastResponseToken,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: rlhf_lab::masked::EmptyRows::Error,
     };
     expect_err(
         kl_shaped_rewards(&ok2(), &ok2(), &ones2(), &t1(&[0.0, 0.0]), &rc),
@@ -481,6 +485,8 @@ fn errors_are_values_not_panics_for_every_public_entry_point() {
                 kl: KlConfig::new(KlEstimator::K1),
                 score_placement: ScorePlacement::AfterLastResponseToken,
                 score_clip: Some(1.0),
+                kl_on_score_slot: false,
+                empty_rows: rlhf_lab::masked::EmptyRows::Error,
             };
             let lp = PairLogps {
                 policy_chosen: x,

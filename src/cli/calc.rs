@@ -452,7 +452,13 @@ fn op_entropy(op: &str, input: Value) -> Result<Value> {
         }
     };
     let h = logprobs::entropy(&logits, &mask)?;
-    let mean = masked::masked_mean(&h, &mask, None, p.empty_rows.unwrap_or(c.empty_rows))?;
+    let mean = masked::masked_mean_eps(
+        &h,
+        &mask,
+        None,
+        p.empty_rows.unwrap_or(c.empty_rows),
+        c.mean_eps,
+    )?;
     Ok(json!({ "entropy": from_tensor(&h), "mean": scalar(&mean) }))
 }
 
@@ -492,6 +498,8 @@ fn op_kl_rewards(op: &str, input: Value) -> Result<Value> {
         },
         score_placement: p.score_placement.unwrap_or(c.score_placement),
         score_clip: p.score_clip.or(c.score_clip),
+        kl_on_score_slot: c.kl_on_score_slot,
+        empty_rows: c.empty_rows,
     };
     let out = kl_shaping::kl_shaped_rewards(&lp, &rlp, &mask, &scores, &cfg)?;
     Ok(json!({
@@ -510,10 +518,14 @@ fn op_masked_mean(op: &str, input: Value) -> Result<Value> {
     let mask = mask_or_ones(&p.mask, &values)?;
     let unbiased = p.unbiased.unwrap_or(c.whiten_unbiased);
     let out = match op {
-        "masked-mean" => {
-            masked::masked_mean(&values, &mask, p.dim, p.empty_rows.unwrap_or(c.empty_rows))?
-        }
-        "masked-var" => masked::masked_var(&values, &mask, unbiased)?,
+        "masked-mean" => masked::masked_mean_eps(
+            &values,
+            &mask,
+            p.dim,
+            p.empty_rows.unwrap_or(c.empty_rows),
+            c.mean_eps,
+        )?,
+        "masked-var" => masked::masked_var_eps(&values, &mask, unbiased, c.mean_eps)?,
         _ => masked::masked_whiten(
             &values,
             &mask,
@@ -522,6 +534,9 @@ fn op_masked_mean(op: &str, input: Value) -> Result<Value> {
                 unbiased,
                 eps: p.eps.unwrap_or(c.whiten_eps),
                 eps_mode: p.eps_mode.unwrap_or(c.whiten_eps_mode),
+                scale: c.whiten_std,
+                mean_eps: c.mean_eps,
+                f32_stats: c.whiten_f32_stats,
             },
         )?,
     };
@@ -534,11 +549,12 @@ fn op_aggregate(op: &str, input: Value) -> Result<Value> {
     let c = conventions(&p.preset)?;
     let loss = t("loss", &p.loss, kind_of(&p.dtype)?)?;
     let mask = mask_or_ones(&p.mask, &loss)?;
-    let out = masked::aggregate(
+    let out = masked::aggregate_norm(
         &loss,
         &mask,
         p.agg.unwrap_or(c.loss_agg),
         p.empty_rows.unwrap_or(c.empty_rows),
+        &c.loss_norm(),
     )?;
     Ok(json!({ "result": scalar(&out) }))
 }
@@ -619,6 +635,8 @@ fn op_ppo_policy_loss(op: &str, input: Value) -> Result<Value> {
         agg: p.agg.unwrap_or(d.agg),
         empty_rows: p.empty_rows.unwrap_or(d.empty_rows),
         approx_kl: p.approx_kl.unwrap_or(d.approx_kl),
+        approx_kl_unclamped: d.approx_kl_unclamped,
+        norm: d.norm,
     };
     let o = ppo::policy_loss(&lp, &old, &adv, &mask, &cfg)?;
     Ok(json!({
@@ -641,6 +659,7 @@ fn op_ppo_value_loss(op: &str, input: Value) -> Result<Value> {
         clip: p.clip.unwrap_or(d.clip),
         agg: p.agg.unwrap_or(d.agg),
         empty_rows: p.empty_rows.unwrap_or(d.empty_rows),
+        norm: d.norm,
     };
     let o = ppo::value_loss(&v, &old, &ret, &mask, &cfg)?;
     Ok(
