@@ -74,7 +74,7 @@ pub const OPS: [Op; 25] = [
     },
     Op {
         name: "whiten",
-        what: "masked whitening (shift_mean, unbiased, eps, eps_mode)",
+        what: "masked whitening (shift_mean, unbiased, eps, eps_mode, scale, f32_stats)",
         run: op_masked_mean,
     },
     Op {
