@@ -33,6 +33,11 @@ pub enum RlhfError {
     #[error("`{arg}` contains NaN or Inf at {count} position(s) that are used")]
     NonFinite { arg: String, count: i64 },
 
+    /// Finite inputs produced NaN or ±Inf in an output (the arithmetic overflowed, e.g. `1e308 + 1e308`).
+    /// Never returned as numbers: a non-finite output is as silent as a non-finite input.
+    #[error("`{arg}`: {count} value(s) overflowed to NaN or Inf from finite inputs (rescale the inputs or compute in f64)")]
+    NonFiniteOutput { arg: String, count: i64 },
+
     /// A reduction over tokens was asked of rows that have no unmasked token.
     #[error(
         "`{arg}`: row(s) {rows:?} have zero unmasked tokens, so a mean over them is undefined"
@@ -95,6 +100,7 @@ impl RlhfError {
             RlhfError::Dtype { .. } => "dtype",
             RlhfError::NonBinaryMask { .. } => "non_binary_mask",
             RlhfError::NonFinite { .. } => "non_finite",
+            RlhfError::NonFiniteOutput { .. } => "non_finite_output",
             RlhfError::EmptyRows { .. } => "empty_rows",
             RlhfError::OutOfRange { .. } => "out_of_range",
             RlhfError::Invalid { .. } => "invalid_argument",
@@ -113,6 +119,7 @@ impl RlhfError {
             | RlhfError::Dtype { arg, .. }
             | RlhfError::NonBinaryMask { arg }
             | RlhfError::NonFinite { arg, .. }
+            | RlhfError::NonFiniteOutput { arg, .. }
             | RlhfError::EmptyRows { arg, .. }
             | RlhfError::OutOfRange { arg, .. }
             | RlhfError::Invalid { arg, .. } => Some(arg),

@@ -97,6 +97,8 @@ fn mismatched_shapes() {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: ScorePlacement::LastResponseToken,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: rlhf_lab::masked::EmptyRows::Error,
     };
     expect_err(
         kl_shaped_rewards(&ok2(), &ok2(), &ones2(), &scores3, &rc),
@@ -323,6 +325,8 @@ fn hyper_parameters_out_of_range() {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: ScorePlacement::LastResponseToken,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: rlhf_lab::masked::EmptyRows::Error,
     };
     expect_err(
         kl_shaped_rewards(&ok2(), &ok2(), &ones2(), &t1(&[0.0, 0.0]), &rc),
@@ -481,6 +485,21 @@ fn errors_are_values_not_panics_for_every_public_entry_point() {
                 kl: KlConfig::new(KlEstimator::K1),
                 score_placement: ScorePlacement::AfterLastResponseToken,
                 score_clip: Some(1.0),
+                kl_on_score_slot: false,
+                empty_rows: rlhf_lab::masked::EmptyRows::Error,
+            };
+            let rc_ignore = RewardShapingConfig {
+                kl_on_score_slot: true,
+                empty_rows: EmptyRows::Ignore,
+                ..rc
+            };
+            let openrlhf = rlhf_lab::conventions::Conventions::preset("openrlhf").unwrap();
+            let verl = rlhf_lab::conventions::Conventions::preset("verl").unwrap();
+            let norm = || LossNorm {
+                dp_size: 2,
+                global_batch_size: Some(4),
+                seq_mean_eps: 1e-8,
+                ..LossNorm::default()
             };
             let lp = PairLogps {
                 policy_chosen: x,
@@ -523,6 +542,53 @@ fn errors_are_values_not_panics_for_every_public_entry_point() {
                 (
                     "kl_per_token",
                     Box::new(|| drop(kl_per_token(x, x, m, &KlConfig::new(KlEstimator::K3)))),
+                ),
+                (
+                    "masked_mean_eps",
+                    Box::new(|| drop(masked_mean_eps(x, m, None, EmptyRows::Ignore, 1e-8))),
+                ),
+                (
+                    "masked_var_eps",
+                    Box::new(|| drop(masked_var_eps(x, m, true, 1e-8))),
+                ),
+                (
+                    "masked_whiten (f32 stats, centre only)",
+                    Box::new(|| {
+                        drop(masked_whiten(
+                            x,
+                            m,
+                            WhitenConfig {
+                                scale: false,
+                                f32_stats: true,
+                                mean_eps: 1e-8,
+                                ..WhitenConfig::default()
+                            },
+                        ))
+                    }),
+                ),
+                (
+                    "aggregate_norm",
+                    Box::new(|| {
+                        for agg in [LossAgg::SeqMeanTokenSumNorm, LossAgg::SeqMeanTokenMean] {
+                            drop(aggregate_norm(x, m, agg, EmptyRows::Ignore, &norm()))
+                        }
+                    }),
+                ),
+                (
+                    "policy_loss (openrlhf)",
+                    Box::new(|| drop(policy_loss(x, x, x, m, &openrlhf.policy_loss_config()))),
+                ),
+                (
+                    "value_loss (verl)",
+                    Box::new(|| drop(value_loss(x, x, x, m, &verl.value_loss_config()))),
+                ),
+                (
+                    "kl_shaped_rewards (empty rows ignored, KL on the score slot)",
+                    Box::new(|| drop(kl_shaped_rewards(x, x, m, x, &rc_ignore))),
+                ),
+                (
+                    "token_log_probs_at",
+                    Box::new(|| drop(token_log_probs_at(x, m, m, 0.7))),
                 ),
                 (
                     "kl_per_sequence",

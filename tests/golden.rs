@@ -194,6 +194,8 @@ fn kl_shaped_rewards_golden() {
             kl: KlConfig::new(KlEstimator::K1),
             score_placement: placement,
             score_clip: None,
+            kl_on_score_slot: false,
+            empty_rows: rlhf_lab::masked::EmptyRows::Error,
         };
         let out = kl_shaped_rewards(&lp, &rf, &mask, &scores, &cfg).expect("kl_shaped_rewards");
         let want = at(c, &["outputs", key]);
@@ -355,6 +357,7 @@ fn ppo_policy_and_value_loss() {
         clip: Some(num(at(c, &["config", "clip"]))),
         agg: LossAgg::TokenMean,
         empty_rows: EmptyRows::Error,
+        norm: Default::default(),
     };
     let out = value_loss(&v, &vo, &r, &mask, &cfg).expect("value_loss");
     check("value_loss.loss", &out.loss, at(c, &["outputs", "loss"]));

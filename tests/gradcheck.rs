@@ -100,6 +100,69 @@ fn grad_policy_loss_all_aggregations_and_dual_clip() {
 }
 
 #[test]
+fn grad_losses_under_stack_normalisations() {
+    // verl `seq-mean-token-sum-norm`, global-batch normalisation, the stacks' ε in the denominators,
+    // OpenRLHF's ±20 log-ratio clamp with raw approx-KL.
+    let old = randn(&[3, 4], 21) * 0.3 - 1.0;
+    let lp = &old + randn(&[3, 4], 22) * 0.3;
+    let adv = randn(&[3, 4], 23);
+    let ret = randn(&[3, 4], 24);
+    let cases = [
+        (
+            LossAgg::SeqMeanTokenSumNorm,
+            LossNorm {
+                loss_scale_factor: Some(7.0),
+                ..Default::default()
+            },
+        ),
+        (
+            LossAgg::TokenMean,
+            LossNorm {
+                dp_size: 4,
+                batch_num_tokens: Some(40),
+                ..Default::default()
+            },
+        ),
+        (
+            LossAgg::SeqMeanTokenMean,
+            LossNorm {
+                dp_size: 2,
+                global_batch_size: Some(8),
+                seq_mean_eps: 1e-8,
+                ..Default::default()
+            },
+        ),
+        (
+            LossAgg::TokenMean,
+            LossNorm {
+                mean_eps: 1e-8,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (agg, norm) in cases {
+        let pc = PolicyLossConfig {
+            agg,
+            norm,
+            log_ratio_clamp: Some(20.0),
+            approx_kl_unclamped: true,
+            ..Default::default()
+        };
+        gradcheck(&format!("policy_loss {agg:?} {norm:?}"), &lp, |x| {
+            policy_loss(x, &old, &adv, &mask(), &pc).unwrap().loss
+        });
+        let vc = ValueLossConfig {
+            agg,
+            norm,
+            ..Default::default()
+        };
+        gradcheck(&format!("value_loss {agg:?} {norm:?}"), &lp, |x| {
+            value_loss(x, &old, &ret, &mask(), &vc).unwrap().loss
+        });
+    }
+}
+
+#[test]
 fn grad_value_loss() {
     let old = randn(&[3, 4], 9);
     let v = &old + randn(&[3, 4], 10) * 0.3;

@@ -176,7 +176,7 @@ proptest! {
         let p2 = policy_loss(&grow(&bt.x), &grow(&bt.y), &grow(&bt.z), &m2, &pc).unwrap();
         assert_close(&p1.loss, &p2.loss, 1e-12);
 
-        let rc = RewardShapingConfig { kl_coef: 0.1, kl: KlConfig::new(KlEstimator::K3), score_placement: ScorePlacement::LastResponseToken, score_clip: None };
+        let rc = RewardShapingConfig { kl_coef: 0.1, kl: KlConfig::new(KlEstimator::K3), score_placement: ScorePlacement::LastResponseToken, score_clip: None, kl_on_score_slot: false, empty_rows: rlhf_lab::masked::EmptyRows::Error };
         let scores = Tensor::ones([bt.b as i64], (Kind::Double, tch::Device::Cpu));
         let r1 = kl_shaped_rewards(&bt.x(), &bt.y(), &bt.m(), &scores, &rc).unwrap();
         let r2 = kl_shaped_rewards(&grow(&bt.x), &grow(&bt.y), &m2, &scores, &rc).unwrap();
@@ -204,7 +204,7 @@ proptest! {
             let lp = policy_loss(&p(&bt.x()), &p(&bt.y()), &p(&bt.z()), &p(&bt.m()), &pc).unwrap().loss;
             assert_close(&l, &lp, 1e-12);
         }
-        let rc = RewardShapingConfig { kl_coef: 0.05, kl: KlConfig::new(KlEstimator::K1), score_placement: ScorePlacement::AfterLastResponseToken, score_clip: Some(1.0) };
+        let rc = RewardShapingConfig { kl_coef: 0.05, kl: KlConfig::new(KlEstimator::K1), score_placement: ScorePlacement::AfterLastResponseToken, score_clip: Some(1.0), kl_on_score_slot: false, empty_rows: rlhf_lab::masked::EmptyRows::Error };
         let scores = bt.z().select(1, 0);
         let r = kl_shaped_rewards(&bt.x(), &bt.y(), &bt.m(), &scores, &rc).unwrap();
         let rp = kl_shaped_rewards(&p(&bt.x()), &p(&bt.y()), &p(&bt.m()), &p(&scores), &rc).unwrap();

@@ -20,6 +20,8 @@ fn shaping(placement: ScorePlacement) -> RewardShapingConfig {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: placement,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: rlhf_lab::masked::EmptyRows::Error,
     }
 }
 

@@ -21,6 +21,8 @@ fn seed003_small_case() {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: ScorePlacement::LastResponseToken,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: rlhf_lab::masked::EmptyRows::Error,
     };
     let shaped = kl_shaped_rewards(&log_probs, &ref_log_probs, &mask, &score, &cfg).unwrap();
     // −0.2·KL: [−0.04, +0.02, −0.04], score on token 3.

@@ -2,18 +2,21 @@
 //!
 //! Input: one JSON object (tensors as nested arrays, hyper-parameters as fields). A `preset` field (or
 //! `--preset`) fills hyper-parameters that the object leaves out from [`Conventions::preset`]; explicit
-//! fields win. Output: one JSON object. Unknown fields are errors. `mask` defaults to all ones.
+//! fields win, and an explicit `null` turns an option off ([`Hp`]) — it never falls back to the preset.
+//! Output: one JSON object, every number finite (a NaN/Inf computed from finite inputs is a
+//! `non_finite_output` error). Unknown fields are errors. `mask` defaults to all ones.
 //! The schema of each op is in the README (and `rlhf-lab calc --list`).
 
 use crate::cli::json::{from_tensor, to_long, to_tensor};
 use crate::core::advantages::{self, GaeConfig, GrpoConfig, MaskedSteps};
+use crate::core::check;
 use crate::core::conventions::Conventions;
 use crate::core::dpo::{self, DpoConfig, DpoVariant, PairLogps};
 use crate::core::experience::ppo_experience;
 use crate::core::kl::{self, KlConfig, KlEstimator};
 use crate::core::kl_shaping::{self, RewardShapingConfig, ScorePlacement};
 use crate::core::logprobs;
-use crate::core::masked::{self, EmptyRows, LossAgg, WhitenConfig, WhitenEps};
+use crate::core::masked::{self, EmptyRows, LossAgg, LossNorm, WhitenConfig, WhitenEps};
 use crate::core::ppo::{
     self, AdaptiveKlController, FixedKlController, KlController, PolicyLossConfig, ValueLossConfig,
 };
@@ -33,11 +36,16 @@ pub struct Op {
 }
 
 /// The ops.
-pub const OPS: [Op; 23] = [
+pub const OPS: [Op; 25] = [
     Op {
         name: "token-logprobs",
-        what: "log-softmax of logits (B,T,V) gathered at labels (B,T)",
+        what: "log-softmax of logits (B,T,V) / temperature gathered at labels (B,T)",
         run: op_token_logprobs,
+    },
+    Op {
+        name: "sequence-logprobs",
+        what: "per-row sum of token log-probs (B,T) over the mask, and the token count",
+        run: op_sequence_logprobs,
     },
     Op {
         name: "entropy",
@@ -66,12 +74,12 @@ pub const OPS: [Op; 23] = [
     },
     Op {
         name: "whiten",
-        what: "masked whitening (shift_mean, unbiased, eps, eps_mode)",
+        what: "masked whitening (shift_mean, unbiased, eps, eps_mode, scale, f32_stats)",
         run: op_masked_mean,
     },
     Op {
         name: "aggregate",
-        what: "reduce a per-token loss (token-mean, seq-mean-token-mean, seq-mean-token-sum)",
+        what: "reduce a per-token loss (token-mean, seq-mean-token-*), global-batch normalisation",
         run: op_aggregate,
     },
     Op {
@@ -98,6 +106,11 @@ pub const OPS: [Op; 23] = [
         name: "ppo-value-loss",
         what: "clipped value loss",
         run: op_ppo_value_loss,
+    },
+    Op {
+        name: "total-loss",
+        what: "pg_loss + vf_coef·vf_loss − entropy_coef·entropy",
+        run: op_total_loss,
     },
     Op {
         name: "kl-controller",
@@ -186,13 +199,91 @@ fn scalar(x: &Tensor) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Parameter structs. Tensors are `Value`; optional hyper-parameters fall back to the preset.
+// Parameter structs. Tensors are `Value`; hyper-parameters are [`Hp`]s.
+
+/// A hyper-parameter field: left out → the preset's value (or the op's default); `null` → off (a clip or
+/// clamp → none, an ε or a coefficient → 0, a boolean → false), or an error for a setting that has no
+/// "off" (γ, λ, β, T, the clip range, an estimator, an aggregation): `null` never means "the preset's".
+#[derive(Debug, Clone, Copy, Default)]
+enum Hp<T> {
+    #[default]
+    Absent,
+    Null,
+    Set(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Hp<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Ok(match Option::<T>::deserialize(d)? {
+            None => Hp::Null,
+            Some(v) => Hp::Set(v),
+        })
+    }
+}
+
+impl<T> Hp<T> {
+    /// An option that can be off (`Option` in the library): `null` → `None`.
+    fn opt(self, preset: Option<T>) -> Option<T> {
+        match self {
+            Hp::Absent => preset,
+            Hp::Null => None,
+            Hp::Set(v) => Some(v),
+        }
+    }
+    /// A setting whose "off" is the value `off` (0 for an ε or a coefficient, false for a switch).
+    fn or_off(self, preset: T, off: T) -> T {
+        match self {
+            Hp::Absent => preset,
+            Hp::Null => off,
+            Hp::Set(v) => v,
+        }
+    }
+    /// A setting with no "off": `null` is an error naming it.
+    fn req(self, arg: &str, preset: T) -> Result<T> {
+        match self {
+            Hp::Absent => Ok(preset),
+            Hp::Null => Err(RlhfError::invalid(
+                arg,
+                "cannot be null: this setting has no `off` (leave the field out to take the preset's value)",
+            )),
+            Hp::Set(v) => Ok(v),
+        }
+    }
+}
+
+impl Hp<bool> {
+    /// A switch: `null` → false.
+    fn switch(self, preset: bool) -> bool {
+        self.or_off(preset, false)
+    }
+}
+
+impl Hp<f64> {
+    /// An ε or a coefficient: `null` → 0.
+    fn zero_off(self, preset: f64) -> f64 {
+        self.or_off(preset, 0.0)
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenLogprobs {
     logits: Value,
     labels: Value,
+    mask: Option<Value>,
+    /// Sampling temperature T (default 1): log-probs of `logits / (T + temperature_eps)`.
+    #[serde(default)]
+    temperature: Hp<f64>,
+    #[serde(default)]
+    temperature_eps: Hp<f64>,
+    dtype: Option<String>,
+    preset: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SequenceLogprobs {
+    token_log_probs: Value,
     mask: Option<Value>,
     dtype: Option<String>,
     preset: Option<String>,
@@ -204,7 +295,10 @@ struct Entropy {
     logits: Value,
     mask: Option<Value>,
     dtype: Option<String>,
-    empty_rows: Option<EmptyRows>,
+    #[serde(default)]
+    empty_rows: Hp<EmptyRows>,
+    #[serde(default)]
+    mean_eps: Hp<f64>,
     preset: Option<String>,
 }
 
@@ -214,9 +308,12 @@ struct Kl {
     log_probs: Value,
     ref_log_probs: Value,
     mask: Option<Value>,
-    estimator: Option<KlEstimator>,
-    log_ratio_clamp: Option<f64>,
-    value_clamp: Option<f64>,
+    #[serde(default)]
+    estimator: Hp<KlEstimator>,
+    #[serde(default)]
+    log_ratio_clamp: Hp<f64>,
+    #[serde(default)]
+    value_clamp: Hp<f64>,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -228,12 +325,22 @@ struct KlRewards {
     ref_log_probs: Value,
     mask: Option<Value>,
     scores: Value,
-    kl_coef: Option<f64>,
-    estimator: Option<KlEstimator>,
-    log_ratio_clamp: Option<f64>,
-    value_clamp: Option<f64>,
-    score_placement: Option<ScorePlacement>,
-    score_clip: Option<f64>,
+    #[serde(default)]
+    kl_coef: Hp<f64>,
+    #[serde(default)]
+    estimator: Hp<KlEstimator>,
+    #[serde(default)]
+    log_ratio_clamp: Hp<f64>,
+    #[serde(default)]
+    value_clamp: Hp<f64>,
+    #[serde(default)]
+    score_placement: Hp<ScorePlacement>,
+    #[serde(default)]
+    score_clip: Hp<f64>,
+    #[serde(default)]
+    kl_on_score_slot: Hp<bool>,
+    #[serde(default)]
+    empty_rows: Hp<EmptyRows>,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -244,13 +351,57 @@ struct Masked {
     values: Value,
     mask: Option<Value>,
     dim: Option<i64>,
-    empty_rows: Option<EmptyRows>,
-    unbiased: Option<bool>,
-    shift_mean: Option<bool>,
-    eps: Option<f64>,
-    eps_mode: Option<WhitenEps>,
+    #[serde(default)]
+    empty_rows: Hp<EmptyRows>,
+    #[serde(default)]
+    unbiased: Hp<bool>,
+    #[serde(default)]
+    shift_mean: Hp<bool>,
+    #[serde(default)]
+    eps: Hp<f64>,
+    #[serde(default)]
+    eps_mode: Hp<WhitenEps>,
+    /// Whitening divides by the std (the preset's `whiten_std`).
+    #[serde(default)]
+    scale: Hp<bool>,
+    #[serde(default)]
+    f32_stats: Hp<bool>,
+    #[serde(default)]
+    mean_eps: Hp<f64>,
     dtype: Option<String>,
     preset: Option<String>,
+}
+
+/// The [`LossNorm`] fields, shared by `aggregate`, `ppo-policy-loss` and `ppo-value-loss`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NormIn {
+    #[serde(default)]
+    mean_eps: Hp<f64>,
+    #[serde(default)]
+    seq_mean_eps: Hp<f64>,
+    #[serde(default)]
+    dp_size: Hp<u32>,
+    #[serde(default)]
+    batch_num_tokens: Hp<u64>,
+    #[serde(default)]
+    global_batch_size: Hp<u64>,
+    #[serde(default)]
+    loss_scale_factor: Hp<f64>,
+}
+
+impl NormIn {
+    fn resolve(self, c: &Conventions) -> Result<LossNorm> {
+        let d = c.loss_norm();
+        Ok(LossNorm {
+            mean_eps: self.mean_eps.zero_off(d.mean_eps),
+            seq_mean_eps: self.seq_mean_eps.zero_off(d.seq_mean_eps),
+            dp_size: self.dp_size.req("dp_size", d.dp_size)?,
+            batch_num_tokens: self.batch_num_tokens.opt(d.batch_num_tokens),
+            global_batch_size: self.global_batch_size.opt(d.global_batch_size),
+            loss_scale_factor: self.loss_scale_factor.opt(d.loss_scale_factor),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -258,8 +409,12 @@ struct Masked {
 struct Aggregate {
     loss: Value,
     mask: Option<Value>,
-    agg: Option<LossAgg>,
-    empty_rows: Option<EmptyRows>,
+    #[serde(default)]
+    agg: Hp<LossAgg>,
+    #[serde(default)]
+    empty_rows: Hp<EmptyRows>,
+    #[serde(flatten)]
+    norm: NormIn,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -270,9 +425,12 @@ struct Returns {
     rewards: Value,
     values: Option<Value>,
     mask: Option<Value>,
-    gamma: Option<f64>,
-    lam: Option<f64>,
-    masked_steps: Option<MaskedSteps>,
+    #[serde(default)]
+    gamma: Hp<f64>,
+    #[serde(default)]
+    lam: Hp<f64>,
+    #[serde(default)]
+    masked_steps: Hp<MaskedSteps>,
     #[serde(rename = "impl")]
     implementation: Option<String>,
     dtype: Option<String>,
@@ -286,16 +444,24 @@ struct PolicyLoss {
     old_log_probs: Value,
     advantages: Value,
     mask: Option<Value>,
-    clip_low: Option<f64>,
-    clip_high: Option<f64>,
-    /// `null` disables; absent takes the preset's.
-    #[serde(default, deserialize_with = "some_nullable")]
-    dual_clip: Option<Option<f64>>,
-    #[serde(default, deserialize_with = "some_nullable")]
-    log_ratio_clamp: Option<Option<f64>>,
-    agg: Option<LossAgg>,
-    empty_rows: Option<EmptyRows>,
-    approx_kl: Option<KlEstimator>,
+    #[serde(default)]
+    clip_low: Hp<f64>,
+    #[serde(default)]
+    clip_high: Hp<f64>,
+    #[serde(default)]
+    dual_clip: Hp<f64>,
+    #[serde(default)]
+    log_ratio_clamp: Hp<f64>,
+    #[serde(default)]
+    agg: Hp<LossAgg>,
+    #[serde(default)]
+    empty_rows: Hp<EmptyRows>,
+    #[serde(default)]
+    approx_kl: Hp<KlEstimator>,
+    #[serde(default)]
+    approx_kl_unclamped: Hp<bool>,
+    #[serde(flatten)]
+    norm: NormIn,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -307,18 +473,30 @@ struct ValueLoss {
     old_values: Value,
     returns: Value,
     mask: Option<Value>,
-    #[serde(default, deserialize_with = "some_nullable")]
-    clip: Option<Option<f64>>,
-    agg: Option<LossAgg>,
-    empty_rows: Option<EmptyRows>,
+    #[serde(default)]
+    clip: Hp<f64>,
+    #[serde(default)]
+    agg: Hp<LossAgg>,
+    #[serde(default)]
+    empty_rows: Hp<EmptyRows>,
+    #[serde(flatten)]
+    norm: NormIn,
     dtype: Option<String>,
     preset: Option<String>,
 }
 
-fn some_nullable<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Option<f64>>, D::Error> {
-    Ok(Some(Option::<f64>::deserialize(d)?))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TotalLoss {
+    pg_loss: Value,
+    vf_loss: Value,
+    entropy: Option<Value>,
+    #[serde(default)]
+    vf_coef: Hp<f64>,
+    #[serde(default)]
+    entropy_coef: Hp<f64>,
+    dtype: Option<String>,
+    preset: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -339,7 +517,8 @@ struct BtPairwise {
     chosen: Value,
     rejected: Value,
     margin: Option<Value>,
-    center_coef: Option<f64>,
+    #[serde(default)]
+    center_coef: Hp<f64>,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -361,11 +540,16 @@ struct Dpo {
     ref_rejected: Option<Value>,
     chosen_lengths: Option<Value>,
     rejected_lengths: Option<Value>,
-    beta: Option<f64>,
-    variant: Option<DpoVariant>,
-    label_smoothing: Option<f64>,
-    ipo_length_normalize: Option<bool>,
-    alpha: Option<f64>,
+    #[serde(default)]
+    beta: Hp<f64>,
+    #[serde(default)]
+    variant: Hp<DpoVariant>,
+    #[serde(default)]
+    label_smoothing: Hp<f64>,
+    #[serde(default)]
+    ipo_length_normalize: Hp<bool>,
+    #[serde(default)]
+    alpha: Hp<f64>,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -374,10 +558,14 @@ struct Dpo {
 #[serde(deny_unknown_fields)]
 struct Group {
     scores: Value,
-    scale_by_std: Option<bool>,
-    unbiased_std: Option<bool>,
-    eps: Option<f64>,
-    singleton_as_unit: Option<bool>,
+    #[serde(default)]
+    scale_by_std: Hp<bool>,
+    #[serde(default)]
+    unbiased_std: Hp<bool>,
+    #[serde(default)]
+    eps: Hp<f64>,
+    #[serde(default)]
+    singleton_as_unit: Hp<bool>,
     dtype: Option<String>,
     preset: Option<String>,
 }
@@ -406,34 +594,92 @@ fn required(arg: &str, v: &Option<Value>) -> Result<Value> {
         .ok_or_else(|| RlhfError::invalid(arg, "missing required field"))
 }
 
-/// Run one op on a JSON object and return the JSON result.
+/// Run one op on a JSON object and return the JSON result. Every number of the result is finite.
 pub fn run(op: &str, input: Value) -> Result<Value> {
     if !input.is_object() {
         return Err(RlhfError::invalid("input", "expected a JSON object"));
     }
-    match OPS.iter().find(|o| o.name == op) {
-        Some(o) => (o.run)(op, input),
-        None => Err(RlhfError::invalid(
-            "op",
-            format!(
-                "unknown op `{op}`; known: {}",
-                OPS.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")
-            ),
-        )),
+    let out = match OPS.iter().find(|o| o.name == op) {
+        Some(o) => (o.run)(op, input)?,
+        None => {
+            return Err(RlhfError::invalid(
+                "op",
+                format!(
+                    "unknown op `{op}`; known: {}",
+                    OPS.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
+    };
+    finite_json("", &out)?;
+    Ok(out)
+}
+
+/// The last guard of the JSON interface: a NaN/±Inf in an output (written as `"NaN"`/`"Infinity"` by
+/// [`from_tensor`]) is a `non_finite_output` error naming the output, never printed.
+fn finite_json(path: &str, v: &Value) -> Result<()> {
+    let count = |v: &Value| -> i64 {
+        fn walk(v: &Value, n: &mut i64) {
+            match v {
+                Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
+                    *n += 1
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, n)),
+                _ => {}
+            }
+        }
+        let mut n = 0;
+        walk(v, &mut n);
+        n
+    };
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                finite_json(&p, x)?;
+            }
+            Ok(())
+        }
+        other => match count(other) {
+            0 => Ok(()),
+            n => Err(RlhfError::NonFiniteOutput {
+                arg: path.into(),
+                count: n,
+            }),
+        },
     }
 }
 
 /// `token-logprobs`.
 fn op_token_logprobs(op: &str, input: Value) -> Result<Value> {
     let p: TokenLogprobs = parse(op, input)?;
-    conventions(&p.preset)?;
+    let c = conventions(&p.preset)?;
     let logits = t("logits", &p.logits, kind_of(&p.dtype)?)?;
     let labels = to_long("labels", &p.labels)?;
     let mask = match &p.mask {
         Some(m) => to_tensor("mask", m, Kind::Double)?,
         None => labels.ones_like(),
     };
-    Ok(json!({ "log_probs": from_tensor(&logprobs::token_log_probs(&logits, &labels, &mask)?) }))
+    let temperature = p.temperature.req("temperature", 1.0)?;
+    let temperature_eps = p.temperature_eps.zero_off(c.temperature_eps);
+    check::positive("temperature", temperature)?;
+    check::non_negative("temperature_eps", temperature_eps)?;
+    let lp = logprobs::token_log_probs_at(&logits, &labels, &mask, temperature + temperature_eps)?;
+    Ok(json!({ "log_probs": from_tensor(&lp) }))
+}
+
+/// `sequence-logprobs`.
+fn op_sequence_logprobs(op: &str, input: Value) -> Result<Value> {
+    let p: SequenceLogprobs = parse(op, input)?;
+    conventions(&p.preset)?;
+    let lp = t("token_log_probs", &p.token_log_probs, kind_of(&p.dtype)?)?;
+    let mask = mask_or_ones(&p.mask, &lp)?;
+    let (sum, count) = logprobs::sequence_log_probs(&lp, &mask)?;
+    Ok(json!({ "sum": from_tensor(&sum), "count": from_tensor(&count) }))
 }
 
 /// `entropy`.
@@ -452,8 +698,22 @@ fn op_entropy(op: &str, input: Value) -> Result<Value> {
         }
     };
     let h = logprobs::entropy(&logits, &mask)?;
-    let mean = masked::masked_mean(&h, &mask, None, p.empty_rows.unwrap_or(c.empty_rows))?;
+    let empty = p.empty_rows.req("empty_rows", c.empty_rows)?;
+    let mean = masked::masked_mean_eps(&h, &mask, None, empty, p.mean_eps.zero_off(c.mean_eps))?;
     Ok(json!({ "entropy": from_tensor(&h), "mean": scalar(&mean) }))
+}
+
+fn kl_config(
+    c: &Conventions,
+    estimator: Hp<KlEstimator>,
+    log_ratio_clamp: Hp<f64>,
+    value_clamp: Hp<f64>,
+) -> Result<KlConfig> {
+    Ok(KlConfig {
+        estimator: estimator.req("estimator", c.kl_estimator)?,
+        log_ratio_clamp: log_ratio_clamp.opt(c.kl_log_ratio_clamp),
+        value_clamp: value_clamp.opt(c.kl_value_clamp),
+    })
 }
 
 /// `kl`.
@@ -464,11 +724,7 @@ fn op_kl(op: &str, input: Value) -> Result<Value> {
     let lp = t("log_probs", &p.log_probs, k)?;
     let rlp = t("ref_log_probs", &p.ref_log_probs, k)?;
     let mask = mask_or_ones(&p.mask, &lp)?;
-    let cfg = KlConfig {
-        estimator: p.estimator.unwrap_or(c.kl_estimator),
-        log_ratio_clamp: p.log_ratio_clamp.or(c.kl_log_ratio_clamp),
-        value_clamp: p.value_clamp.or(c.kl_value_clamp),
-    };
+    let cfg = kl_config(&c, p.estimator, p.log_ratio_clamp, p.value_clamp)?;
     let per_token = kl::kl_per_token(&lp, &rlp, &mask, &cfg)?;
     let per_seq = kl::kl_per_sequence(&lp, &rlp, &mask, &cfg)?;
     Ok(json!({ "per_token": from_tensor(&per_token), "per_sequence": from_tensor(&per_seq) }))
@@ -484,14 +740,14 @@ fn op_kl_rewards(op: &str, input: Value) -> Result<Value> {
     let scores = t("scores", &p.scores, k)?;
     let mask = mask_or_ones(&p.mask, &lp)?;
     let cfg = RewardShapingConfig {
-        kl_coef: p.kl_coef.unwrap_or(c.kl_coef),
-        kl: KlConfig {
-            estimator: p.estimator.unwrap_or(c.kl_estimator),
-            log_ratio_clamp: p.log_ratio_clamp.or(c.kl_log_ratio_clamp),
-            value_clamp: p.value_clamp.or(c.kl_value_clamp),
-        },
-        score_placement: p.score_placement.unwrap_or(c.score_placement),
-        score_clip: p.score_clip.or(c.score_clip),
+        kl_coef: p.kl_coef.zero_off(c.kl_coef),
+        kl: kl_config(&c, p.estimator, p.log_ratio_clamp, p.value_clamp)?,
+        score_placement: p
+            .score_placement
+            .req("score_placement", c.score_placement)?,
+        score_clip: p.score_clip.opt(c.score_clip),
+        kl_on_score_slot: p.kl_on_score_slot.switch(c.kl_on_score_slot),
+        empty_rows: p.empty_rows.req("empty_rows", c.empty_rows)?,
     };
     let out = kl_shaping::kl_shaped_rewards(&lp, &rlp, &mask, &scores, &cfg)?;
     Ok(json!({
@@ -508,20 +764,28 @@ fn op_masked_mean(op: &str, input: Value) -> Result<Value> {
     let c = conventions(&p.preset)?;
     let values = t("values", &p.values, kind_of(&p.dtype)?)?;
     let mask = mask_or_ones(&p.mask, &values)?;
-    let unbiased = p.unbiased.unwrap_or(c.whiten_unbiased);
+    let unbiased = p.unbiased.switch(c.whiten_unbiased);
+    let mean_eps = p.mean_eps.zero_off(c.mean_eps);
     let out = match op {
-        "masked-mean" => {
-            masked::masked_mean(&values, &mask, p.dim, p.empty_rows.unwrap_or(c.empty_rows))?
-        }
-        "masked-var" => masked::masked_var(&values, &mask, unbiased)?,
+        "masked-mean" => masked::masked_mean_eps(
+            &values,
+            &mask,
+            p.dim,
+            p.empty_rows.req("empty_rows", c.empty_rows)?,
+            mean_eps,
+        )?,
+        "masked-var" => masked::masked_var_eps(&values, &mask, unbiased, mean_eps)?,
         _ => masked::masked_whiten(
             &values,
             &mask,
             WhitenConfig {
-                shift_mean: p.shift_mean.unwrap_or(true),
+                shift_mean: p.shift_mean.switch(true),
                 unbiased,
-                eps: p.eps.unwrap_or(c.whiten_eps),
-                eps_mode: p.eps_mode.unwrap_or(c.whiten_eps_mode),
+                eps: p.eps.zero_off(c.whiten_eps),
+                eps_mode: p.eps_mode.req("eps_mode", c.whiten_eps_mode)?,
+                scale: p.scale.switch(c.whiten_std),
+                mean_eps,
+                f32_stats: p.f32_stats.switch(c.whiten_f32_stats),
             },
         )?,
     };
@@ -534,11 +798,12 @@ fn op_aggregate(op: &str, input: Value) -> Result<Value> {
     let c = conventions(&p.preset)?;
     let loss = t("loss", &p.loss, kind_of(&p.dtype)?)?;
     let mask = mask_or_ones(&p.mask, &loss)?;
-    let out = masked::aggregate(
+    let out = masked::aggregate_norm(
         &loss,
         &mask,
-        p.agg.unwrap_or(c.loss_agg),
-        p.empty_rows.unwrap_or(c.empty_rows),
+        p.agg.req("agg", c.loss_agg)?,
+        p.empty_rows.req("empty_rows", c.empty_rows)?,
+        &p.norm.resolve(&c)?,
     )?;
     Ok(json!({ "result": scalar(&out) }))
 }
@@ -550,8 +815,8 @@ fn op_returns(op: &str, input: Value) -> Result<Value> {
     let k = kind_of(&p.dtype)?;
     let rewards = t("rewards", &p.rewards, k)?;
     let mask = mask_or_ones(&p.mask, &rewards)?;
-    let gamma = p.gamma.unwrap_or(c.gamma);
-    let mode = p.masked_steps.unwrap_or(c.masked_steps);
+    let gamma = p.gamma.req("gamma", c.gamma)?;
+    let mode = p.masked_steps.req("masked_steps", c.masked_steps)?;
     let vectorised = match p.implementation.as_deref() {
         None | Some("vectorised") | Some("vectorized") => true,
         Some("loop") => false,
@@ -564,7 +829,7 @@ fn op_returns(op: &str, input: Value) -> Result<Value> {
     };
     match op {
         "returns" => {
-            if p.values.is_some() || p.lam.is_some() {
+            if p.values.is_some() || !matches!(p.lam, Hp::Absent) {
                 return Err(RlhfError::invalid(
                     "input",
                     "returns: takes no `values` or `lam`",
@@ -586,7 +851,7 @@ fn op_returns(op: &str, input: Value) -> Result<Value> {
             let values = t("values", &required("values", &p.values)?, k)?;
             let cfg = GaeConfig {
                 gamma,
-                lam: p.lam.unwrap_or(c.lam),
+                lam: p.lam.req("lam", c.lam)?,
                 masked_steps: mode,
             };
             let o = if vectorised {
@@ -612,13 +877,15 @@ fn op_ppo_policy_loss(op: &str, input: Value) -> Result<Value> {
     let mask = mask_or_ones(&p.mask, &lp)?;
     let d = c.policy_loss_config();
     let cfg = PolicyLossConfig {
-        clip_low: p.clip_low.unwrap_or(d.clip_low),
-        clip_high: p.clip_high.unwrap_or(d.clip_high),
-        dual_clip: p.dual_clip.unwrap_or(d.dual_clip),
-        log_ratio_clamp: p.log_ratio_clamp.unwrap_or(d.log_ratio_clamp),
-        agg: p.agg.unwrap_or(d.agg),
-        empty_rows: p.empty_rows.unwrap_or(d.empty_rows),
-        approx_kl: p.approx_kl.unwrap_or(d.approx_kl),
+        clip_low: p.clip_low.req("clip_low", d.clip_low)?,
+        clip_high: p.clip_high.req("clip_high", d.clip_high)?,
+        dual_clip: p.dual_clip.opt(d.dual_clip),
+        log_ratio_clamp: p.log_ratio_clamp.opt(d.log_ratio_clamp),
+        agg: p.agg.req("agg", d.agg)?,
+        empty_rows: p.empty_rows.req("empty_rows", d.empty_rows)?,
+        approx_kl: p.approx_kl.req("approx_kl", d.approx_kl)?,
+        approx_kl_unclamped: p.approx_kl_unclamped.switch(d.approx_kl_unclamped),
+        norm: p.norm.resolve(&c)?,
     };
     let o = ppo::policy_loss(&lp, &old, &adv, &mask, &cfg)?;
     Ok(json!({
@@ -638,14 +905,34 @@ fn op_ppo_value_loss(op: &str, input: Value) -> Result<Value> {
     let mask = mask_or_ones(&p.mask, &v)?;
     let d = c.value_loss_config();
     let cfg = ValueLossConfig {
-        clip: p.clip.unwrap_or(d.clip),
-        agg: p.agg.unwrap_or(d.agg),
-        empty_rows: p.empty_rows.unwrap_or(d.empty_rows),
+        clip: p.clip.opt(d.clip),
+        agg: p.agg.req("agg", d.agg)?,
+        empty_rows: p.empty_rows.req("empty_rows", d.empty_rows)?,
+        norm: p.norm.resolve(&c)?,
     };
     let o = ppo::value_loss(&v, &old, &ret, &mask, &cfg)?;
     Ok(
         json!({ "loss": scalar(&o.loss), "per_token": from_tensor(&o.per_token), "clipfrac": scalar(&o.clipfrac) }),
     )
+}
+
+/// `total-loss`.
+fn op_total_loss(op: &str, input: Value) -> Result<Value> {
+    let p: TotalLoss = parse(op, input)?;
+    conventions(&p.preset)?;
+    let k = kind_of(&p.dtype)?;
+    let pg = t("pg_loss", &p.pg_loss, k)?;
+    let vf = t("vf_loss", &p.vf_loss, k)?;
+    let entropy = match &p.entropy {
+        Some(e) => t("entropy", e, k)?,
+        None => pg.zeros_like(),
+    };
+    let vf_coef = match p.vf_coef {
+        Hp::Absent => return Err(RlhfError::invalid("vf_coef", "missing required field")),
+        other => other.zero_off(0.0),
+    };
+    let loss = ppo::total_loss(&pg, &vf, &entropy, vf_coef, p.entropy_coef.zero_off(0.0))?;
+    Ok(json!({ "loss": scalar(&loss) }))
 }
 
 /// `kl-controller`.
@@ -688,7 +975,7 @@ fn op_bt_pairwise(op: &str, input: Value) -> Result<Value> {
         &chosen,
         &rejected,
         margin.as_ref(),
-        p.center_coef.unwrap_or(0.0),
+        p.center_coef.zero_off(0.0),
     )?;
     Ok(
         json!({ "loss": scalar(&o.loss), "losses": from_tensor(&o.losses), "centering": scalar(&o.centering), "accuracy": scalar(&o.accuracy) }),
@@ -718,9 +1005,7 @@ fn op_dpo(op: &str, input: Value) -> Result<Value> {
                 &required("policy_rejected", &p.policy_rejected)?,
                 k,
             )?;
-            Ok(
-                json!({ "loss": scalar(&dpo::unlikelihood_loss(&pc, &pr, p.alpha.unwrap_or(1.0))?) }),
-            )
+            Ok(json!({ "loss": scalar(&dpo::unlikelihood_loss(&pc, &pr, p.alpha.zero_off(1.0))?) }))
         }
         _ => {
             let pr = t(
@@ -743,12 +1028,12 @@ fn op_dpo(op: &str, input: Value) -> Result<Value> {
                 chosen_lengths: cl.as_ref(),
                 rejected_lengths: rl.as_ref(),
             };
-            let beta = p.beta.unwrap_or(0.1);
+            let beta = p.beta.req("beta", 0.1)?;
             let cfg = DpoConfig {
                 beta,
-                variant: p.variant.unwrap_or(DpoVariant::Sigmoid),
-                label_smoothing: p.label_smoothing.unwrap_or(0.0),
-                ipo_length_normalize: p.ipo_length_normalize.unwrap_or(c.ipo_length_normalize),
+                variant: p.variant.req("variant", DpoVariant::Sigmoid)?,
+                label_smoothing: p.label_smoothing.zero_off(0.0),
+                ipo_length_normalize: p.ipo_length_normalize.switch(c.ipo_length_normalize),
             };
             let o = dpo::dpo_loss(&lp, &cfg)?;
             let w = dpo::dpo_gradient_weight(&lp, beta)?;
@@ -772,10 +1057,10 @@ fn op_grpo(op: &str, input: Value) -> Result<Value> {
     } else {
         let d = c.grpo_config();
         let cfg = GrpoConfig {
-            scale_by_std: p.scale_by_std.unwrap_or(d.scale_by_std),
-            unbiased_std: p.unbiased_std.unwrap_or(d.unbiased_std),
-            eps: p.eps.unwrap_or(d.eps),
-            singleton_as_unit: p.singleton_as_unit.unwrap_or(d.singleton_as_unit),
+            scale_by_std: p.scale_by_std.switch(d.scale_by_std),
+            unbiased_std: p.unbiased_std.switch(d.unbiased_std),
+            eps: p.eps.zero_off(d.eps),
+            singleton_as_unit: p.singleton_as_unit.switch(d.singleton_as_unit),
         };
         advantages::grpo_advantages(&s, &cfg)?
     };

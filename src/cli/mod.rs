@@ -529,7 +529,7 @@ pub fn main() -> ExitCode {
         } => {
             if list {
                 for calc::Op { name, what, .. } in &calc::OPS {
-                    println!("{name:16} {what}");
+                    println!("{name:18} {what}");
                 }
                 return ExitCode::SUCCESS;
             }

@@ -167,7 +167,9 @@ fn returns_impl(
 ) -> Result<Tensor> {
     let x = validate(rewards, None, mask, gamma, None)?;
     let a = coefficients(&x.mask, mode, gamma, x.rewards.kind());
-    Ok(zero_masked(&scan(&a, &x.rewards, vectorised), &x.mask))
+    let returns = zero_masked(&scan(&a, &x.rewards, vectorised), &x.mask);
+    check::finite_output("returns", &returns)?;
+    Ok(returns)
 }
 
 /// Discounted Monte-Carlo returns (rewards-to-go) `G_t = r_t + γ G_{t+1}` (seed 001 §3.2.4 first method;
@@ -212,10 +214,13 @@ pub fn td(
     let v = x.values.unwrap();
     let targets = &x.rewards + next_values(&v, &x.mask, mode, true) * gamma;
     let deltas = &targets - &v;
-    Ok(TdOutput {
+    let out = TdOutput {
         deltas: zero_masked(&deltas, &x.mask),
         targets: zero_masked(&targets, &x.mask),
-    })
+    };
+    check::finite_output("targets", &out.targets)?;
+    check::finite_output("deltas", &out.deltas)?;
+    Ok(out)
 }
 
 fn gae_impl(
@@ -238,6 +243,8 @@ fn gae_impl(
     let a = coefficients(&x.mask, cfg.masked_steps, cfg.gamma * cfg.lam, v.kind());
     let adv = zero_masked(&scan(&a, &b, vectorised), &x.mask);
     let returns = zero_masked(&(&adv + &v), &x.mask);
+    check::finite_output("advantages", &adv)?;
+    check::finite_output("returns", &returns)?;
     Ok(AdvantagesReturns {
         advantages: adv,
         returns,
@@ -276,7 +283,10 @@ pub struct GrpoConfig {
     pub unbiased_std: bool,
     /// Added to the std in the denominator (verl 1e-6, TRL 1e-4).
     pub eps: f64,
-    /// Groups of one response: error (rlhf-lab default) or verl's rule mean = 0, std = 1.
+    /// Groups of one response: error (rlhf-lab default) or verl's rule: mean = `torch.tensor(0.0)`,
+    /// std = `torch.tensor(1.0)`, both float32, so the score is divided by the float32 value of `1 + ε`
+    /// (1.00000095367431640625 for ε = 1e-6, a relative 4.6e-8 from the f64 `1 + ε`) when `scale_by_std`,
+    /// and left as it is otherwise.
     pub singleton_as_unit: bool,
 }
 
@@ -311,21 +321,31 @@ fn check_groups(scores: &Tensor, min_k: i64, singleton_ok: bool) -> Result<(i64,
 }
 
 /// GRPO outcome advantages: `A_{g,i} = (r_{g,i} − mean_g) / (std_g + ε)` (Shao et al. 2024 §4.1.2;
-/// verl `compute_grpo_outcome_advantage`, TRL `GRPOTrainer`). Shapes (G, K) → (G, K).
-/// Broadcast to tokens with [`broadcast_to_tokens`].
+/// verl `compute_grpo_outcome_advantage`, TRL `GRPOTrainer`); without `scale_by_std`, `r − mean_g`
+/// (Dr. GRPO, verl `norm_adv_by_std_in_grpo = False`). Groups of one: [`GrpoConfig::singleton_as_unit`].
+/// Shapes (G, K) → (G, K). Broadcast to tokens with [`broadcast_to_tokens`].
 pub fn grpo_advantages(scores: &Tensor, cfg: &GrpoConfig) -> Result<Tensor> {
     check::non_negative("eps", cfg.eps)?;
     let (_, k) = check_groups(scores, 2, cfg.singleton_as_unit)?;
-    if k == 1 {
-        return Ok(scores / (1.0 + cfg.eps));
-    }
-    let mean = scores.mean_dim(&[-1i64][..], true, scores.kind());
-    let centered = scores - &mean;
-    if !cfg.scale_by_std {
-        return Ok(centered);
-    }
-    let std = scores.std_dim(&[-1i64][..], cfg.unbiased_std, true);
-    Ok(centered / (std + cfg.eps))
+    let a = if k == 1 {
+        // verl: `(score − tensor(0.0)) / (tensor(1.0) + ε)`, the divisor computed in float32.
+        if cfg.scale_by_std {
+            scores / ((1.0f32 + cfg.eps as f32) as f64)
+        } else {
+            scores.shallow_clone()
+        }
+    } else {
+        let mean = scores.mean_dim(&[-1i64][..], true, scores.kind());
+        let centered = scores - &mean;
+        if cfg.scale_by_std {
+            let std = scores.std_dim(&[-1i64][..], cfg.unbiased_std, true);
+            centered / (std + cfg.eps)
+        } else {
+            centered
+        }
+    };
+    check::finite_output("advantages", &a)?;
+    Ok(a)
 }
 
 /// RLOO advantages: `A_{g,i} = r_{g,i} − mean_{j≠i} r_{g,j} = K/(K−1)·(r_{g,i} − mean_g)`
@@ -335,7 +355,9 @@ pub fn rloo_advantages(scores: &Tensor) -> Result<Tensor> {
     let (_, k) = check_groups(scores, 2, false)?;
     let total = scores.sum_dim_intlist(&[-1i64][..], true, scores.kind());
     let others_mean = (&total - scores) / (k as f64 - 1.0);
-    Ok(scores - others_mean)
+    let a = scores - others_mean;
+    check::finite_output("advantages", &a)?;
+    Ok(a)
 }
 
 /// Broadcast per-sequence advantages (B,) over response tokens: `A[b] · mask[b, t]` (0 where masked).

@@ -111,6 +111,20 @@ pub fn finite(arg: &str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// An output computed from validated, finite inputs must be finite: NaN/±Inf there means the arithmetic
+/// overflowed (`1e308 + 1e308`, `exp(800)`), and is reported as [`RlhfError::NonFiniteOutput`] naming the
+/// output, never returned as a number.
+pub fn finite_output(output: &str, t: &Tensor) -> Result<()> {
+    let bad = t.isfinite().logical_not().sum(Kind::Int64).int64_value(&[]);
+    if bad > 0 {
+        return Err(RlhfError::NonFiniteOutput {
+            arg: output.into(),
+            count: bad,
+        });
+    }
+    Ok(())
+}
+
 /// No NaN/Inf where `mask` (bool) is true.
 pub fn finite_where(arg: &str, t: &Tensor, mask: &Tensor) -> Result<()> {
     let bad = t

@@ -159,8 +159,13 @@ pub fn dpo_loss(lp: &PairLogps, cfg: &DpoConfig) -> Result<DpoOutput> {
     let chosen_rewards = ((&pw - &rw) * b).detach();
     let rejected_rewards = ((&pl - &rl) * b).detach();
     let k = lp.policy_chosen.kind();
+    check::finite_output("losses", &losses)?;
+    check::finite_output("chosen_rewards", &chosen_rewards)?;
+    check::finite_output("rejected_rewards", &rejected_rewards)?;
+    let loss = losses.mean(k);
+    check::finite_output("loss", &loss)?;
     Ok(DpoOutput {
-        loss: losses.mean(k),
+        loss,
         reward_accuracy: chosen_rewards
             .gt_tensor(&rejected_rewards)
             .to_kind(k)
@@ -194,7 +199,9 @@ pub fn preferred_ft_loss(
         Some(_) => -(policy_chosen / lengths("chosen_lengths", chosen_lengths, policy_chosen)?),
         None => -policy_chosen,
     };
-    Ok(nll.mean(policy_chosen.kind()))
+    let loss = nll.mean(policy_chosen.kind());
+    check::finite_output("loss", &loss)?;
+    Ok(loss)
 }
 
 /// `log(1 − exp(x))` for x < 0, stable at both ends (Mächler 2012).
@@ -231,5 +238,7 @@ pub fn unlikelihood_loss(
         ));
     }
     let k = policy_chosen.kind();
-    Ok((-policy_chosen - log1mexp(policy_rejected) * alpha).mean(k))
+    let loss = (-policy_chosen - log1mexp(policy_rejected) * alpha).mean(k);
+    check::finite_output("loss", &loss)?;
+    Ok(loss)
 }

@@ -25,7 +25,8 @@ pub struct Experience {
 }
 
 /// Shapes: `log_probs`, `ref_log_probs`, `values`, `mask` (B, T) response-aligned; `scores` (B,).
-/// `values` must be finite on the score step too when it lies after the response.
+/// `values` must be finite on the score step too when it lies after the response (and `log_probs`,
+/// `ref_log_probs` with `kl_on_score_slot`, DeepSpeed-Chat).
 pub fn ppo_experience(
     log_probs: &Tensor,
     ref_log_probs: &Tensor,
@@ -48,6 +49,7 @@ pub fn ppo_experience(
     } else {
         zero_masked(&ar.advantages, &response)
     };
+    crate::core::check::finite_output("advantages", &advantages)?;
     Ok(Experience {
         rewards: shaped.rewards,
         reward_mask: shaped.mask,

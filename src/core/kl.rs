@@ -84,7 +84,9 @@ pub fn kl_per_token(
     check::masked_values("log_probs", log_probs, "mask", mask)?;
     check::masked_values("ref_log_probs", ref_log_probs, "mask", mask)?;
     let diff = zero_masked(&(log_probs - ref_log_probs), &m);
-    Ok(zero_masked(&estimate(&diff, cfg), &m))
+    let k = zero_masked(&estimate(&diff, cfg), &m);
+    check::finite_output("per_token", &k)?;
+    Ok(k)
 }
 
 /// Per-sequence KL estimate: the masked sum over tokens of [`kl_per_token`]. Shapes (B, T) → (B,).
@@ -96,7 +98,9 @@ pub fn kl_per_sequence(
     cfg: &KlConfig,
 ) -> Result<Tensor> {
     let k = kl_per_token(log_probs, ref_log_probs, mask, cfg)?;
-    Ok(k.sum_dim_intlist(&[-1i64][..], false, k.kind()))
+    let s = k.sum_dim_intlist(&[-1i64][..], false, k.kind());
+    check::finite_output("per_sequence", &s)?;
+    Ok(s)
 }
 
 /// Exact per-token KL over the whole vocabulary, `KL(π(·|s_t) ‖ π_ref(·|s_t)) = Σ_v π(v)·(log π(v) −

@@ -7,7 +7,8 @@
 
 use crate::core::check;
 use crate::core::kl::{kl_per_token, KlConfig};
-use crate::error::Result;
+use crate::core::masked::EmptyRows;
+use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -32,6 +33,21 @@ pub struct RewardShapingConfig {
     pub score_placement: ScorePlacement,
     /// Clip the score to `[−c, c]` before adding it (DeepSpeed-Chat `clip_reward_value = 5`, OpenRLHF).
     pub score_clip: Option<f64>,
+    /// With `AfterLastResponseToken`: the score step also carries its own KL term `−β·KL` (DeepSpeed-Chat
+    /// `compute_rewards` penalises every position up to `ends`, the pad slot that receives the score
+    /// included), so `log_probs` and `ref_log_probs` must be finite there. False: only response tokens
+    /// are penalised.
+    #[serde(default)]
+    pub kl_on_score_slot: bool,
+    /// A row with zero response tokens: `Error`, or `Ignore` — its score still lands (OpenRLHF
+    /// `compute_reward` and verl's reward manager put it on the last column, `T − 1 − argmax(0…)` /
+    /// index `−1`; after-last placement puts it on step 0, DeepSpeed-Chat's `start + 0`), and no KL.
+    #[serde(default = "error_rows")]
+    pub empty_rows: EmptyRows,
+}
+
+fn error_rows() -> EmptyRows {
+    EmptyRows::Error
 }
 
 /// Output of [`kl_shaped_rewards`].
@@ -59,8 +75,11 @@ pub(crate) fn last_index(m: &Tensor) -> Tensor {
 ///
 /// Shapes: `log_probs`, `ref_log_probs`, `mask` (B, T) response-aligned (mask = 1 on response tokens,
 /// 0 on prompt and padding, any padding side); `scores` (B,). Per token
-/// `r_t = −kl_coef · KL_t` on masked-in tokens, then `r[b, i_b] += clip(score_b)` at the placement index.
-/// A row with zero response tokens is an error (there is no step to put its score on).
+/// `r_t = −kl_coef · KL_t` on masked-in tokens (and on the score step with `kl_on_score_slot`), then
+/// `r[b, i_b] += clip(score_b)` at the placement index. A row with zero response tokens is an error, or
+/// follows OpenRLHF / verl with `empty_rows = Ignore` (see [`RewardShapingConfig::empty_rows`]); the
+/// returned reward mask of such a row holds only an after-last score step (a last-column score of an
+/// empty row is not a step: OpenRLHF and verl mask it out of GAE).
 pub fn kl_shaped_rewards(
     log_probs: &Tensor,
     ref_log_probs: &Tensor,
@@ -80,29 +99,54 @@ pub fn kl_shaped_rewards(
     let (b, t) = log_probs.size2()?;
     check::float_shaped("scores", scores, &[b], "one score per row")?;
     check::finite("scores", scores)?;
-    check::no_empty_rows("mask", &m)?;
+    if cfg.empty_rows == EmptyRows::Error {
+        check::no_empty_rows("mask", &m)?;
+    }
+    if t == 0 && b > 0 {
+        return Err(RlhfError::invalid(
+            "mask",
+            "rows of length 0 have no step to put the score on",
+        ));
+    }
+
+    let has_tokens = m.any_dim(-1, false);
+    let last = last_index(&m);
+    let score_index = match cfg.score_placement {
+        // An empty row: `T − 1` (OpenRLHF `size(1) − 1 − argmax`, verl `[valid_length − 1]` = `[−1]`).
+        ScorePlacement::LastResponseToken => last.where_self(&has_tokens, &last.full_like(t - 1)),
+        // An empty row: step 0 (DeepSpeed-Chat `start + n`, TRL `sequence_lengths + 1`, with n = 0).
+        ScorePlacement::AfterLastResponseToken => (last + 1)
+            .clamp_max(t - 1)
+            .where_self(&has_tokens, &Tensor::from(0i64)),
+    };
+    let idx = score_index.to_device(m.device()).unsqueeze(-1);
+    let placed = Tensor::zeros([b, t], (Kind::Bool, m.device())).scatter_value(1, &idx, 1);
+    let reward_mask = match cfg.score_placement {
+        ScorePlacement::LastResponseToken => m.shallow_clone(),
+        ScorePlacement::AfterLastResponseToken => m.logical_or(&placed),
+    };
+    // DeepSpeed-Chat: the score slot carries its own KL term too.
+    let kl =
+        if cfg.kl_on_score_slot && cfg.score_placement == ScorePlacement::AfterLastResponseToken {
+            kl_per_token(log_probs, ref_log_probs, &reward_mask, &cfg.kl)?
+        } else {
+            kl
+        };
 
     // `+ 0.0` turns the −0.0 of `−β·0` into +0.0 (cosmetic in JSON; exact for every other value).
     let mut rewards = &kl * (-cfg.kl_coef) + 0.0;
-
-    let last = last_index(&m);
-    let score_index = match cfg.score_placement {
-        ScorePlacement::LastResponseToken => last,
-        ScorePlacement::AfterLastResponseToken => (last + 1).clamp_max(t - 1),
-    };
     let score = match cfg.score_clip {
         Some(c) => scores.clamp(-c, c),
         None => scores.shallow_clone(),
     }
     .to_kind(rewards.kind())
     .to_device(rewards.device());
-    let idx = score_index.to_device(rewards.device()).unsqueeze(-1);
-    rewards = rewards.scatter_add(1, &idx, &score.unsqueeze(-1));
-    let placed = Tensor::zeros([b, t], (Kind::Bool, m.device())).scatter_value(1, &idx, 1);
+    rewards = rewards.scatter_add(1, &idx.to_device(rewards.device()), &score.unsqueeze(-1));
+    check::finite_output("rewards", &rewards)?;
     Ok(ShapedRewards {
         rewards,
         kl,
-        mask: m.logical_or(&placed),
+        mask: reward_mask,
         score_index,
     })
 }

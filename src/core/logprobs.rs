@@ -45,6 +45,21 @@ fn check_logits_labels(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Resul
 /// Masked positions may carry any label (e.g. `-100`) and any logits (even NaN); they come out as 0.
 /// Half-precision logits are upcast to f32 before the softmax.
 pub fn token_log_probs(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    token_log_probs_at(logits, labels, mask, 1.0)
+}
+
+/// [`token_log_probs`] of the distribution the rollout was sampled from at temperature `temperature`:
+/// `log softmax(logits / temperature)[labels]` (TRL `selective_log_softmax(logits / T)` — its PPOTrainer
+/// divides by `T + 1e-7`, pass that —, OpenRLHF `log_probs_from_logits(..., temperature)`, verl
+/// `logits.div_(temperature)`). The division happens after the upcast of half-precision logits.
+/// `temperature = 1` is [`token_log_probs`] exactly.
+pub fn token_log_probs_at(
+    logits: &Tensor,
+    labels: &Tensor,
+    mask: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    check::positive("temperature", temperature)?;
     let (m, _) = check_logits_labels(logits, labels, mask)?;
     let work_kind = if logits.kind() == Kind::Double {
         Kind::Double
@@ -55,11 +70,20 @@ pub fn token_log_probs(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Resul
         .to_device(logits.device())
         .to_kind(Kind::Int64)
         .where_self(&m, &Tensor::from(0i64));
-    let logp = logits.to_kind(work_kind).log_softmax(-1, work_kind);
+    let mut z = logits.to_kind(work_kind);
+    // Out-of-place on purpose: `to_kind` returns the caller's own tensor when the kind already matches,
+    // and tch's `/=` would divide the caller's logits in place.
+    #[allow(clippy::assign_op_pattern)]
+    if temperature != 1.0 {
+        z = z / temperature;
+    }
+    let logp = z.log_softmax(-1, work_kind);
     let picked = logp
         .gather(-1, &safe_labels.unsqueeze(-1), false)
         .squeeze_dim(-1);
-    Ok(zero_masked(&picked, &m))
+    let out = zero_masked(&picked, &m);
+    check::finite_output("log_probs", &out)?;
+    Ok(out)
 }
 
 /// Entropy of the categorical distribution at each position: `H = logsumexp(z) − Σ softmax(z)·z`
@@ -95,7 +119,9 @@ pub fn entropy(logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let p = z.softmax(-1, work_kind);
     let h = z.logsumexp(&[-1i64][..], false)
         - (&p * &z).sum_dim_intlist(&[-1i64][..], false, work_kind);
-    Ok(zero_masked(&h, &m))
+    let h = zero_masked(&h, &m);
+    check::finite_output("entropy", &h)?;
+    Ok(h)
 }
 
 /// Sequence log-probability `Σ_t mask·logp` and token count per row, the inputs of DPO-family losses.
@@ -112,5 +138,6 @@ pub fn sequence_log_probs(token_log_probs: &Tensor, mask: &Tensor) -> Result<(Te
         token_log_probs.kind(),
     );
     let n = m.sum_dim_intlist(&[-1i64][..], false, token_log_probs.kind());
+    check::finite_output("sum", &sum)?;
     Ok((sum, n))
 }

@@ -9,7 +9,7 @@
 use crate::core::check;
 use crate::core::kl::{estimate, KlConfig, KlEstimator};
 use crate::core::masked::{
-    aggregate_unchecked, masked_mean_unchecked, zero_masked, EmptyRows, LossAgg,
+    aggregate_unchecked, masked_mean_unchecked, zero_masked, EmptyRows, LossAgg, LossNorm,
 };
 use crate::error::{Result, RlhfError};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,14 @@ pub struct PolicyLossConfig {
     pub empty_rows: EmptyRows,
     /// Estimator of KL(π_old ‖ π) reported as `approx_kl` (verl: k1, TRL: k2, CleanRL: k3).
     pub approx_kl: KlEstimator,
+    /// Derive `approx_kl` from the log-ratio before `log_ratio_clamp` (OpenRLHF `PolicyLoss`: the ratio
+    /// uses the clamped log-ratio, `ppo_kl` the raw one), instead of the clamped one (verl). Without a
+    /// clamp the two agree.
+    #[serde(default)]
+    pub approx_kl_unclamped: bool,
+    /// Denominators of the loss and of the statistics (epsilons, global-batch normalisation).
+    #[serde(default)]
+    pub norm: LossNorm,
 }
 
 impl Default for PolicyLossConfig {
@@ -42,6 +50,8 @@ impl Default for PolicyLossConfig {
             agg: LossAgg::TokenMean,
             empty_rows: EmptyRows::Error,
             approx_kl: KlEstimator::K1,
+            approx_kl_unclamped: false,
+            norm: LossNorm::default(),
         }
     }
 }
@@ -68,7 +78,8 @@ pub struct PolicyLossOutput {
 /// Shapes: `log_probs` (π_θ, with grad), `old_log_probs` (π_old, the sampler), `advantages`, `mask`
 /// all (B, T). Per token, with `ratio = exp(log_probs − old_log_probs)`:
 /// `pg1 = −A·ratio`, `pg2 = −A·clip(ratio, 1−ε_low, 1+ε_high)`, `ℓ = max(pg1, pg2)`; with dual clip,
-/// for A < 0, `ℓ = min(ℓ, −A·c)`. Reduced with `cfg.agg`.
+/// for A < 0, `ℓ = min(ℓ, −A·c)`. Reduced with `cfg.agg` and `cfg.norm` (see
+/// [`crate::core::masked::aggregate_norm`]); the statistics are masked means with `cfg.norm.mean_eps`.
 pub fn policy_loss(
     log_probs: &Tensor,
     old_log_probs: &Tensor,
@@ -92,6 +103,7 @@ pub fn policy_loss(
     if let Some(c) = cfg.log_ratio_clamp {
         check::positive("log_ratio_clamp", c)?;
     }
+    cfg.norm.validate(cfg.agg)?;
     check::float("log_probs", log_probs)?;
     check::ndim("log_probs", log_probs, 2, "(B, T)")?;
     let m = check::mask("mask", mask, "log_probs", log_probs)?;
@@ -100,10 +112,11 @@ pub fn policy_loss(
     check::masked_values("advantages", advantages, "mask", mask)?;
 
     let adv = zero_masked(advantages, &m);
-    let mut log_ratio = zero_masked(&(log_probs - old_log_probs), &m);
-    if let Some(c) = cfg.log_ratio_clamp {
-        log_ratio = log_ratio.clamp(-c, c);
-    }
+    let raw_log_ratio = zero_masked(&(log_probs - old_log_probs), &m);
+    let log_ratio = match cfg.log_ratio_clamp {
+        Some(c) => raw_log_ratio.clamp(-c, c),
+        None => raw_log_ratio.shallow_clone(),
+    };
     let ratio = log_ratio.exp();
     let pg_loss1 = -&adv * &ratio;
     let pg_loss2 = -&adv * ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
@@ -119,7 +132,7 @@ pub fn policy_loss(
         None => (clipped, m.zeros_like()),
     };
     let per_token = zero_masked(&per_token, &m);
-    let loss = aggregate_unchecked(&per_token, &m, cfg.agg, cfg.empty_rows)?;
+    let loss = aggregate_unchecked(&per_token, &m, cfg.agg, cfg.empty_rows, &cfg.norm)?;
 
     let stat = |x: &Tensor| {
         masked_mean_unchecked(
@@ -127,20 +140,31 @@ pub fn policy_loss(
             &m,
             None,
             EmptyRows::Ignore,
+            cfg.norm.mean_eps,
             "mask",
         )
     };
     let clipfrac = stat(&pg_loss2.gt_tensor(&pg_loss1))?;
     let clipfrac_lower = stat(&lower_active)?;
-    let approx_kl = stat(&estimate(&(-&log_ratio), &KlConfig::new(cfg.approx_kl)))?;
-    Ok(PolicyLossOutput {
+    let kl_log_ratio = if cfg.approx_kl_unclamped {
+        &raw_log_ratio
+    } else {
+        &log_ratio
+    };
+    let approx_kl = stat(&estimate(&(-kl_log_ratio), &KlConfig::new(cfg.approx_kl)))?;
+    let out = PolicyLossOutput {
         loss,
         per_token,
         ratio: ratio.where_self(&m, &ratio.ones_like()),
         clipfrac,
         clipfrac_lower,
         approx_kl,
-    })
+    };
+    check::finite_output("ratio", &out.ratio)?;
+    check::finite_output("per_token", &out.per_token)?;
+    check::finite_output("loss", &out.loss)?;
+    check::finite_output("approx_kl", &out.approx_kl)?;
+    Ok(out)
 }
 
 /// Options of [`value_loss`].
@@ -150,6 +174,9 @@ pub struct ValueLossConfig {
     pub clip: Option<f64>,
     pub agg: LossAgg,
     pub empty_rows: EmptyRows,
+    /// Denominators of the loss and of `clipfrac` (epsilons, global-batch normalisation).
+    #[serde(default)]
+    pub norm: LossNorm,
 }
 
 impl Default for ValueLossConfig {
@@ -158,6 +185,7 @@ impl Default for ValueLossConfig {
             clip: Some(0.2),
             agg: LossAgg::TokenMean,
             empty_rows: EmptyRows::Error,
+            norm: LossNorm::default(),
         }
     }
 }
@@ -173,7 +201,8 @@ pub struct ValueLossOutput {
 }
 
 /// Clipped value loss `½·agg(max((V − R)², (clip(V, V_old − c, V_old + c) − R)²))` (seed 003; TRL
-/// `vf_loss`, DeepSpeed-Chat `critic_loss_fn`, OpenRLHF `ValueLoss`, verl `compute_value_loss`).
+/// `vf_loss`, DeepSpeed-Chat `critic_loss_fn`, OpenRLHF `ValueLoss`, verl `compute_value_loss`), reduced
+/// with `cfg.agg` and `cfg.norm` (see [`crate::core::masked::aggregate_norm`]).
 /// Shapes: `values` (new predictions, with grad), `old_values`, `returns`, `mask` (B, T).
 pub fn value_loss(
     values: &Tensor,
@@ -185,6 +214,7 @@ pub fn value_loss(
     if let Some(c) = cfg.clip {
         check::positive("clip", c)?;
     }
+    cfg.norm.validate(cfg.agg)?;
     check::float("values", values)?;
     check::ndim("values", values, 2, "(B, T)")?;
     let m = check::mask("mask", mask, "values", values)?;
@@ -206,6 +236,7 @@ pub fn value_loss(
                 &m,
                 None,
                 EmptyRows::Ignore,
+                cfg.norm.mean_eps,
                 "mask",
             )?;
             (vf_losses1.maximum(&vf_losses2), frac)
@@ -213,7 +244,9 @@ pub fn value_loss(
         None => (vf_losses1, Tensor::zeros([], (v.kind(), v.device()))),
     };
     let per_token = zero_masked(&per_token, &m);
-    let loss = aggregate_unchecked(&per_token, &m, cfg.agg, cfg.empty_rows)? * 0.5;
+    let loss = aggregate_unchecked(&per_token, &m, cfg.agg, cfg.empty_rows, &cfg.norm)? * 0.5;
+    check::finite_output("per_token", &per_token)?;
+    check::finite_output("loss", &loss)?;
     Ok(ValueLossOutput {
         loss,
         per_token,
@@ -252,8 +285,11 @@ pub fn total_loss(
         if t.numel() != 1 {
             return Err(RlhfError::shape(arg, t.size(), "a scalar"));
         }
+        check::finite(arg, t)?;
     }
-    Ok(pg_loss + vf_loss * vf_coef - entropy * entropy_coef)
+    let loss = pg_loss + vf_loss * vf_coef - entropy * entropy_coef;
+    check::finite_output("loss", &loss)?;
+    Ok(loss)
 }
 
 /// A controller of the KL coefficient β.

@@ -56,6 +56,8 @@ pub fn pairwise_loss(
     let losses = -diff.log_sigmoid();
     let centering = (chosen + rejected).square().mean(chosen.kind()) * center_coef;
     let loss = losses.mean(chosen.kind()) + &centering;
+    check::finite_output("losses", &losses)?;
+    check::finite_output("loss", &loss)?;
     let accuracy = pairwise_accuracy(chosen, rejected)?;
     Ok(PairwiseOutput {
         loss,
@@ -102,5 +104,7 @@ pub fn kwise_loss(rewards: &Tensor) -> Result<Tensor> {
         .where_self(&upper, &diff.zeros_like())
         .sum_dim_intlist(&[1i64, 2][..], false, rewards.kind())
         / pairs;
-    Ok(per_prompt.mean(rewards.kind()))
+    let loss = per_prompt.mean(rewards.kind());
+    check::finite_output("loss", &loss)?;
+    Ok(loss)
 }

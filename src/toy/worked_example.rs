@@ -170,6 +170,8 @@ pub fn compute() -> Result<WorkedExample> {
         kl: KlConfig::new(KlEstimator::K1),
         score_placement: ScorePlacement::LastResponseToken,
         score_clip: None,
+        kl_on_score_slot: false,
+        empty_rows: crate::core::masked::EmptyRows::Error,
     };
     let shaped_in = |kind: Kind| -> Result<(Tensor, Tensor)> {
         let s = kl_shaped_rewards(
