@@ -1,5 +1,6 @@
 # rlhf-lab — the two commands of the README:
-#   make demo   set-up (idempotent, cached) + build of the binary only + the main job (`rlhf-lab demo`)
+#   make demo   set-up (idempotent, cached) + build of the binary only + the main job: the DPO paper's
+#               controlled-sentiment reward–KL frontier at the quick scale (`rlhf-lab reproduce dpo-sentiment`)
 #   make test   full set-up (with the notebook kernel) + every test (unit, snapshot, property, gradient,
 #               CLI) + every notebook, headless
 # More targets:
@@ -22,7 +23,7 @@ CARGO_ENV = LIBTORCH="$$(readlink -f .venv/libtorch)"
 
 PY := .venv/bin/python
 
-.PHONY: setup setup-core demo test test-notebooks notebooks lab bench clean-venv
+.PHONY: setup setup-core demo worked-example reproduce-small test test-notebooks notebooks lab bench clean-venv
 
 # torch venv + data: all the main job needs.
 setup-core:
@@ -34,7 +35,15 @@ setup: setup-core
 	@bash kernel/install.sh
 
 demo: setup-core
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- reproduce dpo-sentiment --scale quick
+
+# The seed worked example (document 001 §3.2.4), printed vs computed.
+worked-example: setup-core
 	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- demo
+
+# The small-scale reproduction (every sweep value, 3 seeds; hours on 2 cores; resumable).
+reproduce-small: setup-core
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- reproduce dpo-sentiment --scale small
 
 test: setup
 	$(CARGO_ENV) $(CARGO) test --release --all-targets

@@ -135,7 +135,7 @@ mod tests {
         let pts = [(3.0, 0.7), (1.0, 0.6), (2.0, 0.5), (4.0, 0.9), (0.0, 0.5), (5.0, 0.8)];
         assert_eq!(upper_envelope(&pts), vec![(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (4.0, 0.9)]);
         let env = upper_envelope(&pts);
-        assert_eq!(envelope_at(&env, 2.0), Some(0.65));
+        assert!((envelope_at(&env, 2.0).unwrap() - 0.65).abs() < 1e-12);
         assert_eq!(envelope_at(&env, -1.0), None);
         assert_eq!(envelope_at(&env, 4.5), None);
         assert_eq!(envelope_at(&env, 4.0), Some(0.9));
