@@ -350,7 +350,9 @@ fn every_objective_runs_and_starts_where_its_formula_says() {
         c
     };
     let beta = base.loss.beta;
-    let cases: [(DpoObjective, Option<f64>, Option<f64>, Option<f64>); 6] = [
+    // (objective, ε, α, loss at initialisation)
+    type Case = (DpoObjective, Option<f64>, Option<f64>, Option<f64>);
+    let cases: [Case; 6] = [
         (DpoObjective::Cdpo, Some(0.1), None, Some(LN_2)),
         (DpoObjective::Robust, Some(0.1), None, Some(LN_2)),
         (

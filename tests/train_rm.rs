@@ -390,3 +390,46 @@ fn bad_configs_and_data_are_typed_errors() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("sft_run"), "{stderr}");
 }
+
+/// The ranked JSONL round-trips; malformed records are refused naming their 1-based line.
+#[test]
+fn ranked_jsonl_round_trips_and_names_bad_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("r.jsonl");
+    let records = ranked(5, 3);
+    rlhf_lab::data::write_ranked(&p, &records).unwrap();
+    assert_eq!(rlhf_lab::data::read_ranked(&p).unwrap(), records);
+    for (line2, needle) in [
+        (r#"{"prompt":"a","completions":[" b"]}"#, "at least 2"),
+        (
+            r#"{"prompt":"a","completions":[" b"," c"],"scores":[0.0,1.0]}"#,
+            "best first",
+        ),
+        (
+            r#"{"prompt":"a","completions":[" b"," c"],"scores":[1.0]}"#,
+            "scores",
+        ),
+        (r#"{"prompt":"","completions":[" b"," c"]}"#, "prompt"),
+        (r#"{"prompt":"a"}"#, "completions"),
+    ] {
+        std::fs::write(
+            &p,
+            format!(
+                "{}\n\n{line2}\n",
+                r#"{"prompt":"a","completions":[" b"," c"]}"#
+            ),
+        )
+        .unwrap();
+        let err = rlhf_lab::data::read_ranked(&p).unwrap_err();
+        assert!(matches!(err, RlhfError::Format { .. }), "{err}");
+        assert!(
+            err.to_string().contains("line 3") && err.to_string().contains(needle),
+            "{err}"
+        );
+    }
+    // The writer refuses a bad record, naming it.
+    let mut bad = ranked(2, 2);
+    bad[1].completions[1] = bad[1].completions[0].clone();
+    let err = rlhf_lab::data::write_ranked(&p, &bad).unwrap_err();
+    assert_eq!(err.argument(), Some("records[1]"));
+}

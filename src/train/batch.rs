@@ -226,6 +226,9 @@ pub struct PreferenceSplits {
     pub validation: Vec<RankedGroup>,
 }
 
+/// A record of a preference file: (1-based line, prompt, completions best first, scores).
+type Record = (usize, String, Vec<String>, Option<Vec<f64>>);
+
 /// Reads and tokenises a preference file. `field` is the config field naming the file (e.g.
 /// `data.path`). Errors: a missing/malformed file (the reader's, naming the line); no record at all, no
 /// training or no validation record ([`RlhfError::Invalid`] naming `field`); a pair whose `chosen`
@@ -243,8 +246,7 @@ pub fn load_preference_groups(
         PreferenceFormat::Pairs => "preference JSONL file",
         PreferenceFormat::Ranked => "ranked-completions JSONL file",
     };
-    // (line, prompt, completions best first, scores)
-    let records: Vec<(usize, String, Vec<String>, Option<Vec<f64>>)> = match format {
+    let records: Vec<Record> = match format {
         PreferenceFormat::Pairs => read_preferences_numbered(path)?
             .into_iter()
             .map(|(line, p)| {
