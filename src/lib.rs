@@ -20,10 +20,10 @@ pub mod cli;
 pub mod core;
 pub mod data;
 pub mod ground_truth;
-pub mod pipeline;
 pub mod model;
 #[cfg(feature = "notebook")]
 pub mod notebook;
+pub mod pipeline;
 pub mod toy;
 pub mod train;
 

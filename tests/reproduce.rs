@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn points<'a>(pts: &'a [Point], alg: &str, setting: &str) -> Vec<&'a Point> {
-    pts.iter().filter(|p| p.algorithm == alg && p.setting == setting).collect()
+    pts.iter()
+        .filter(|p| p.algorithm == alg && p.setting == setting)
+        .collect()
 }
 
 #[test]
@@ -28,48 +30,100 @@ fn quick_scale_end_to_end() {
     let s = reproduce(&opts).expect("quick reproduction");
 
     // Every stage's files exist and parse.
-    for f in ["frontier.csv", "matched_kl.csv", "summary.md", "summary.json", "frontier.html", "frontier.svg", "manifest.json"] {
+    for f in [
+        "frontier.csv",
+        "matched_kl.csv",
+        "summary.md",
+        "summary.json",
+        "frontier.html",
+        "frontier.svg",
+        "manifest.json",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let _: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    assert!(std::fs::read_to_string(out.join("frontier.svg")).unwrap().starts_with("<svg"));
+    let _: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(std::fs::read_to_string(out.join("frontier.svg"))
+        .unwrap()
+        .starts_with("<svg"));
     let pairs = rlhf_lab::data::read_preferences(&s.pairs.pairs_path).unwrap();
     assert_eq!(pairs.len(), s.pairs.pairs);
-    assert!(pairs.iter().all(|p| p.score_chosen > p.score_rejected && p.chosen != p.rejected));
+    assert!(pairs
+        .iter()
+        .all(|p| p.score_chosen > p.score_rejected && p.chosen != p.rejected));
     assert!(s.timings.iter().all(|t| t.dir.join("done.json").is_file()));
 
     // DPO β = 0.1 raises the held-out reward above the SFT model's.
     let dpo = points(&s.points, "DPO", "beta=0.1");
     let sft = dpo.iter().find(|p| p.step == 0).unwrap().reward;
     let last = dpo.iter().max_by_key(|p| p.step).unwrap();
-    assert!(last.reward > sft + 0.01, "DPO β=0.1: {sft} → {}", last.reward);
+    assert!(
+        last.reward > sft + 0.01,
+        "DPO β=0.1: {sft} → {}",
+        last.reward
+    );
 
     // Over the β sweep the final KL falls as β grows.
-    let final_kl = |b: &str| points(&s.points, "DPO", b).iter().max_by_key(|p| p.step).unwrap().kl;
+    let final_kl = |b: &str| {
+        points(&s.points, "DPO", b)
+            .iter()
+            .max_by_key(|p| p.step)
+            .unwrap()
+            .kl
+    };
     let kls = [final_kl("beta=0.1"), final_kl("beta=1"), final_kl("beta=5")];
-    assert!(kls[0] > kls[1] && kls[1] > kls[2], "final KL over β = 0.1, 1, 5: {kls:?}");
+    assert!(
+        kls[0] > kls[1] && kls[1] > kls[2],
+        "final KL over β = 0.1, 1, 5: {kls:?}"
+    );
 
     // Best-of-N's points sit at log N − (N−1)/N.
-    for p in s.points.iter().filter(|p| p.algorithm.starts_with("Best-of-N")) {
+    for p in s
+        .points
+        .iter()
+        .filter(|p| p.algorithm.starts_with("Best-of-N"))
+    {
         let n = p.step as f64;
         assert!((p.kl - (n.ln() - (n - 1.0) / n)).abs() < 1e-12, "{p:?}");
     }
     // The learned reward models beat chance on held-out pairs.
-    assert!(s.rm_pairwise_accuracy > 0.5 && s.rm_kwise_accuracy > 0.5, "{} {}", s.rm_pairwise_accuracy, s.rm_kwise_accuracy);
+    assert!(
+        s.rm_pairwise_accuracy > 0.5 && s.rm_kwise_accuracy > 0.5,
+        "{} {}",
+        s.rm_pairwise_accuracy,
+        s.rm_kwise_accuracy
+    );
 
     // A rerun recomputes nothing and writes the same table.
     let table = std::fs::read_to_string(out.join("frontier.csv")).unwrap();
     let again = reproduce(&opts).unwrap();
     assert!(again.timings.iter().all(|t| t.cached));
-    assert_eq!(table, std::fs::read_to_string(out.join("frontier.csv")).unwrap());
+    assert_eq!(
+        table,
+        std::fs::read_to_string(out.join("frontier.csv")).unwrap()
+    );
 
     // A stage killed mid-way (its done.json missing) is redone, and only it.
-    let dpo_dir = s.timings.iter().find(|t| t.stage.starts_with("dpo-beta_1-")).unwrap().dir.clone();
+    let dpo_dir = s
+        .timings
+        .iter()
+        .find(|t| t.stage.starts_with("dpo-beta_1-"))
+        .unwrap()
+        .dir
+        .clone();
     std::fs::remove_file(dpo_dir.join("done.json")).unwrap();
     let third = reproduce(&opts).unwrap();
-    let redone: Vec<&str> = third.timings.iter().filter(|t| !t.cached).map(|t| t.stage.as_str()).collect();
+    let redone: Vec<&str> = third
+        .timings
+        .iter()
+        .filter(|t| !t.cached)
+        .map(|t| t.stage.as_str())
+        .collect();
     assert_eq!(redone, ["dpo-beta_1-seed0"]);
-    assert_eq!(table, std::fs::read_to_string(out.join("frontier.csv")).unwrap());
+    assert_eq!(
+        table,
+        std::fs::read_to_string(out.join("frontier.csv")).unwrap()
+    );
 }
 
 #[test]
@@ -82,14 +136,33 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
             .unwrap()
     };
     let out = tmp.path().join("x");
-    let o = run(&["reproduce", "dpo-sentiment", "--scale", "huge", "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "reproduce",
+        "dpo-sentiment",
+        "--scale",
+        "huge",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("scale"));
     assert!(!out.exists(), "an unknown scale left files");
-    let o = run(&["reproduce", "dpo-sentiment", "--only", "RLAIF", "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "reproduce",
+        "dpo-sentiment",
+        "--only",
+        "RLAIF",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown algorithm"));
-    let o = run(&["reproduce", "imdb-summaries", "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "reproduce",
+        "imdb-summaries",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("experiment"));
     assert!(!Path::new(&out).exists());

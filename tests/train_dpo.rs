@@ -102,7 +102,8 @@ fn learns_is_deterministic_and_survives_sigkill() {
         "step,tokens,lr,grad_norm,loss,rewards/chosen,rewards/rejected,rewards/accuracies,\
          rewards/margins,logps/chosen,logps/rejected,val/loss,val/rewards/chosen,\
          val/rewards/rejected,val/rewards/accuracies,val/rewards/margins,val/logps/chosen,\
-         val/logps/rejected\n"
+         val/logps/rejected,eval/score,eval/score_sigmoid,eval/kl_exact,eval/kl_k1,eval/kl_k3,\
+         eval/entropy,eval/response_len,eval/distinct_2\n"
     ));
     assert_eq!(csv.lines().count(), 1 + 1 + max as usize);
     for f in [

@@ -386,17 +386,31 @@ fn shared_backbone_and_ppo_ptx_run() {
     let tmp = tempfile::tempdir().unwrap();
     let text = config_text(&|t| {
         t.replace("shared_backbone = false", "shared_backbone = true")
-            .replace("entropy_coef = 0.0", "entropy_coef = 0.0\nptx_coef = 0.5\nptx_batch_size = 2\nptx_block = 16")
+            .replace(
+                "entropy_coef = 0.0",
+                "entropy_coef = 0.0\nptx_coef = 0.5\nptx_batch_size = 2\nptx_block = 16",
+            )
             .replace("max_steps = 8", "max_steps = 4")
     });
     let s = run_in(&tmp.path().join("run"), &text);
     let ptx = col(&s.metrics, "loss/ptx");
     assert_eq!(ptx.len(), 4);
     assert!(ptx.iter().all(|x| x.is_finite() && *x > 0.0), "{ptx:?}");
-    let ckpt = rlhf_lab::train::run::latest_checkpoint(&s.run_dir).unwrap().unwrap();
+    let ckpt = rlhf_lab::train::run::latest_checkpoint(&s.run_dir)
+        .unwrap()
+        .unwrap();
     assert!(!ckpt.join("critic").exists());
-    assert!(col(&s.metrics, "policy/ratio_first").iter().all(|&r| r == 1.0));
-    let plain = run_in(&tmp.path().join("plain"), &config_text(&|t| t.replace("max_steps = 8", "max_steps = 4")));
+    assert!(col(&s.metrics, "policy/ratio_first")
+        .iter()
+        .all(|&r| r == 1.0));
+    let plain = run_in(
+        &tmp.path().join("plain"),
+        &config_text(&|t| t.replace("max_steps = 8", "max_steps = 4")),
+    );
     assert!(col(&plain.metrics, "loss/ptx").is_empty());
-    assert!(rlhf_lab::train::run::latest_checkpoint(&plain.run_dir).unwrap().unwrap().join("critic").is_dir());
+    assert!(rlhf_lab::train::run::latest_checkpoint(&plain.run_dir)
+        .unwrap()
+        .unwrap()
+        .join("critic")
+        .is_dir());
 }

@@ -303,11 +303,30 @@ pub struct PairsResult {
     pub ties: usize,
 }
 
-/// Points of a trainer run: its evaluations from `metrics.csv` (`eval/kl_exact`, `eval/score_sigmoid`).
+/// Points of a trainer run: its evaluations from `metrics.csv` (`eval/kl_exact`, `eval/score_sigmoid`),
+/// each float kept as its IEEE-754 bit pattern in the stage's `done.json` (serde_json's default float
+/// parser may round the last bit: a cached stage must give the very same table).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunPoints {
     run_dir: PathBuf,
-    points: Vec<(u64, f64, f64)>,
+    bits: Vec<(u64, u64, u64)>,
+}
+
+impl RunPoints {
+    fn new(run_dir: PathBuf, points: Vec<(u64, f64, f64)>) -> Self {
+        let bits = points
+            .into_iter()
+            .map(|(s, k, r)| (s, k.to_bits(), r.to_bits()))
+            .collect();
+        RunPoints { run_dir, bits }
+    }
+
+    fn points(&self) -> Vec<(u64, f64, f64)> {
+        self.bits
+            .iter()
+            .map(|&(s, k, r)| (s, f64::from_bits(k), f64::from_bits(r)))
+            .collect()
+    }
 }
 
 /// `(step, eval/kl_exact, eval/score_sigmoid)` of every evaluated row of a run's `metrics.csv`.
@@ -322,7 +341,11 @@ pub fn eval_points(run_dir: &Path) -> Result<Vec<(u64, f64, f64)>> {
             .position(|h| *h == name)
             .ok_or_else(|| RlhfError::format(&path, "metrics CSV", format!("no column {name:?}")))
     };
-    let (js, jk, jr) = (col("step")?, col("eval/kl_exact")?, col("eval/score_sigmoid")?);
+    let (js, jk, jr) = (
+        col("step")?,
+        col("eval/kl_exact")?,
+        col("eval/score_sigmoid")?,
+    );
     let mut out = Vec::new();
     for (i, line) in lines.enumerate() {
         let f: Vec<&str> = line.split(',').collect();
@@ -330,7 +353,11 @@ pub fn eval_points(run_dir: &Path) -> Result<Vec<(u64, f64, f64)>> {
         if let (Some(s), Some(k), Some(r)) = (num(js), num(jk), num(jr)) {
             out.push((s as u64, k, r));
         } else if f.get(jk).is_some_and(|s| !s.is_empty()) {
-            return Err(RlhfError::format(&path, "metrics CSV", format!("line {}: bad eval values", i + 2)));
+            return Err(RlhfError::format(
+                &path,
+                "metrics CSV",
+                format!("line {}: bad eval values", i + 2),
+            ));
         }
     }
     Ok(out)
@@ -368,12 +395,22 @@ fn make_pairs(
 ) -> Result<PairsResult> {
     let lm = LoadedLm::from_run(sft_run, "sft_run", tch::Device::cuda_if_available())?;
     let tok = &lm.tokenizer;
-    let prefixes = review_prefixes(data_dir, tok, Split::Train, scale.n_prefixes, &PrefixConfig::default(), 17)?;
+    let prefixes = review_prefixes(
+        data_dir,
+        tok,
+        Split::Train,
+        scale.n_prefixes,
+        &PrefixConfig::default(),
+        17,
+    )?;
     let (mut pairs, mut ranked, mut ties) = (Vec::new(), Vec::new(), 0usize);
     let _no_grad = tch::no_grad_guard();
     for (c, chunk) in prefixes.chunks(32).enumerate() {
         // Each prefix 4 times in one batch: rows 4i..4i+3 are its completions.
-        let batch: Vec<Vec<i64>> = chunk.iter().flat_map(|p| std::iter::repeat_n(p.clone(), 4)).collect();
+        let batch: Vec<Vec<i64>> = chunk
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(p.clone(), 4))
+            .collect();
         let mut cfg = GenerationConfig::new(scale.max_new_tokens, tok.eos_id(), tok.pad_id());
         cfg.seed = 1000 + c as u64;
         let g = generate(lm.lm(), &batch, &cfg)?;
@@ -387,7 +424,9 @@ fn make_pairs(
             .collect::<Result<_>>()?;
         for (i, prefix) in chunk.iter().enumerate() {
             let prompt = tok.decode(prefix)?;
-            let full: Vec<String> = (0..4).map(|k| format!("{prompt}{}", texts[4 * i + k])).collect();
+            let full: Vec<String> = (0..4)
+                .map(|k| format!("{prompt}{}", texts[4 * i + k]))
+                .collect();
             let refs: Vec<&str> = full.iter().map(String::as_str).collect();
             let s = Vec::<f64>::try_from(&gt.score(&refs)?.to_kind(tch::Kind::Double))?;
             // p(positive) = σ(logit): the ground-truth reward of the paper.
@@ -395,7 +434,8 @@ fn make_pairs(
             let mut order: Vec<usize> = (0..4).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
             let comps: Vec<&String> = order.iter().map(|&k| &texts[4 * i + k]).collect();
-            let distinct = (0..4).all(|a| (a + 1..4).all(|b| comps[a] != comps[b] && p[order[a]] != p[order[b]]));
+            let distinct = (0..4)
+                .all(|a| (a + 1..4).all(|b| comps[a] != comps[b] && p[order[a]] != p[order[b]]));
             if distinct && comps.iter().all(|c| !c.is_empty()) {
                 ranked.push(json!({
                     "prompt": prompt,
@@ -548,10 +588,11 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     }
     let wanted = |a: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == a);
     let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
-    let out = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| crate::io::project_root().join("reports/dpo-sentiment").join(scale.name));
+    let out = opts.out_dir.clone().unwrap_or_else(|| {
+        crate::io::project_root()
+            .join("reports/dpo-sentiment")
+            .join(scale.name)
+    });
     let mut st = Stages::new(out.join("stages"), opts.verbose)?;
     let say = |m: String| {
         if opts.verbose {
@@ -565,7 +606,13 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     let sft_val_ppl: f64 = st.run("sft", &sft_cfg, |dir| {
         let path = write_toml(dir, &format!("name = \"sft\"\n{}", scale.sft))?;
         let cfg = crate::train::sft::SftConfig::from_file(&path)?;
-        let s = crate::train::sft::run_sft(&cfg, &RunOptions { data_dir: Some(data_dir.clone()), ..runs_quietly(dir) })?;
+        let s = crate::train::sft::run_sft(
+            &cfg,
+            &RunOptions {
+                data_dir: Some(data_dir.clone()),
+                ..runs_quietly(dir)
+            },
+        )?;
         Ok(s.final_val_ppl)
     })?;
     let sft_run = sft_dir.join("run");
@@ -585,8 +632,13 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     // 3. Preference pairs.
     let pairs_cfg = json!({ "sft_run": sft_run, "ground_truth": gt_dir, "n_prefixes": scale.n_prefixes,
         "samples": 4, "max_new_tokens": scale.max_new_tokens });
-    let pairs: PairsResult = st.run("pairs", &pairs_cfg, |dir| make_pairs(&sft_run, &gt, &scale, &data_dir, dir))?;
-    say(format!("pairs: {} pairs, {} ranked groups from {} prefixes", pairs.pairs, pairs.ranked, pairs.prefixes));
+    let pairs: PairsResult = st.run("pairs", &pairs_cfg, |dir| {
+        make_pairs(&sft_run, &gt, &scale, &data_dir, dir)
+    })?;
+    say(format!(
+        "pairs: {} pairs, {} ranked groups from {} prefixes",
+        pairs.pairs, pairs.ranked, pairs.prefixes
+    ));
 
     // 4. Reward models: flat pairs vs K = 4 groups.
     let rm_text = |kind: &str, data_path: &Path, format: &str, batch: i64| {
@@ -604,8 +656,20 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     let mut rm_acc = [f64::NAN; 2];
     let mut rm_runs = [PathBuf::new(), PathBuf::new()];
     for (i, (name, kind, path, format, batch)) in [
-        ("rm-pairwise", "pairwise", &pairs.pairs_path, "pairs", scale.batch_size),
-        ("rm-kwise", "kwise", &pairs.ranked_path, "ranked", (scale.batch_size / 4).max(1)),
+        (
+            "rm-pairwise",
+            "pairwise",
+            &pairs.pairs_path,
+            "pairs",
+            scale.batch_size,
+        ),
+        (
+            "rm-kwise",
+            "kwise",
+            &pairs.ranked_path,
+            "ranked",
+            (scale.batch_size / 4).max(1),
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -616,7 +680,14 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
         rm_acc[i] = st.run(name, &cfg, |dir| {
             let p = write_toml(dir, &text)?;
             let c = crate::train::rm::RmConfig::from_file(&p)?;
-            Ok(crate::train::rm::run_rm(&c, &RunOptions { data_dir: Some(data_dir.clone()), ..runs_quietly(dir) })?.final_val_accuracy)
+            Ok(crate::train::rm::run_rm(
+                &c,
+                &RunOptions {
+                    data_dir: Some(data_dir.clone()),
+                    ..runs_quietly(dir)
+                },
+            )?
+            .final_val_accuracy)
         })?;
         say(format!("{name}: held-out pair accuracy {:.4}", rm_acc[i]));
     }
@@ -624,21 +695,25 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
 
     // 5.–6. The DPO family and PPO, per seed.
     let mut points: Vec<Point> = Vec::new();
-    let push_points = |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>| {
-        for &(step, kl, reward) in &rp.points {
-            points.push(Point {
-                algorithm: alg.into(),
-                setting: setting.into(),
-                seed,
-                step,
-                kl,
-                reward,
-            });
-        }
-    };
+    let push_points =
+        |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>| {
+            for (step, kl, reward) in rp.points() {
+                points.push(Point {
+                    algorithm: alg.into(),
+                    setting: setting.into(),
+                    seed,
+                    step,
+                    kl,
+                    reward,
+                });
+            }
+        };
     let mut sft_reward = f64::NAN;
     for seed in 0..seeds as u64 {
-        for spec in dpo_specs(&scale).into_iter().filter(|s| wanted(s.algorithm)) {
+        for spec in dpo_specs(&scale)
+            .into_iter()
+            .filter(|s| wanted(s.algorithm))
+        {
             let text = format!(
                 "name = \"dpo\"\nseed = {}\nthreads = 1\nsft_run = {}\neval_interval = {}\ncheckpoint_interval = {}\nlog_interval = 5\nkeep_checkpoints = 1\n\
                  [data]\npath = {}\npadding = \"right\"\n[loss]\n{}\n[optim]\nlr = {:?}\nmin_lr = {:?}\nwarmup_steps = 5\nmax_steps = {}\nbatch_size = {}\ngrad_clip = 1.0\nweight_decay = 0.0\n{}",
@@ -655,18 +730,35 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 eval_section(&scale, &gt_dir)
             );
             let cfg = json!({ "toml": text });
-            let name = format!("{}-{}-seed{seed}", spec.algorithm.to_lowercase(), spec.setting.replace(['=', ','], "_"));
+            let name = format!(
+                "{}-{}-seed{seed}",
+                spec.algorithm.to_lowercase(),
+                spec.setting.replace(['=', ','], "_")
+            );
             let rp: RunPoints = st.run(&name, &cfg, |dir| {
                 let p = write_toml(dir, &text)?;
                 let c = crate::train::dpo::DpoTrainConfig::from_file(&p)?;
-                let s = crate::train::dpo::run_dpo(&c, &RunOptions { data_dir: Some(data_dir.clone()), ..runs_quietly(dir) })?;
-                Ok(RunPoints { points: eval_points(&s.run_dir)?, run_dir: s.run_dir })
+                let s = crate::train::dpo::run_dpo(
+                    &c,
+                    &RunOptions {
+                        data_dir: Some(data_dir.clone()),
+                        ..runs_quietly(dir)
+                    },
+                )?;
+                Ok(RunPoints::new(s.run_dir.clone(), eval_points(&s.run_dir)?))
             })?;
-            say(format!("{name}: {} points", rp.points.len()));
+            say(format!("{name}: {} points", rp.bits.len()));
             push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points);
         }
-        for spec in ppo_specs(&scale).into_iter().filter(|s| wanted(s.algorithm)) {
-            let batch = if spec.tuned { 2 * scale.ppo_batch } else { scale.ppo_batch };
+        for spec in ppo_specs(&scale)
+            .into_iter()
+            .filter(|s| wanted(s.algorithm))
+        {
+            let batch = if spec.tuned {
+                2 * scale.ppo_batch
+            } else {
+                scale.ppo_batch
+            };
             let text = format!(
                 "name = \"ppo\"\nseed = {}\nthreads = 1\nsft_run = {}\nreward = \"{}\"\nreward_model_run = {}\ncritic_init = \"sft\"\n\
                  preset = \"rlhf-lab\"\nreward_norm = \"{}\"\nppo_epochs = 4\nnum_minibatches = 4\nvf_coef = 0.1\nmax_new_tokens = {}\n\
@@ -694,18 +786,31 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
             let rp: RunPoints = st.run(&name, &cfg, |dir| {
                 let p = write_toml(dir, &text)?;
                 let c = crate::train::ppo::PpoConfig::from_file(&p)?;
-                let s = crate::train::ppo::run_ppo(&c, &RunOptions { data_dir: Some(data_dir.clone()), ..runs_quietly(dir) })?;
-                Ok(RunPoints { points: eval_points(&s.run_dir)?, run_dir: s.run_dir })
+                let s = crate::train::ppo::run_ppo(
+                    &c,
+                    &RunOptions {
+                        data_dir: Some(data_dir.clone()),
+                        ..runs_quietly(dir)
+                    },
+                )?;
+                Ok(RunPoints::new(s.run_dir.clone(), eval_points(&s.run_dir)?))
             })?;
-            say(format!("{name}: {} points", rp.points.len()));
+            say(format!("{name}: {} points", rp.bits.len()));
             push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points);
         }
         // 7. Best-of-N with the learned RM and with the ground truth.
-        for (alg, scorer) in [("Best-of-N (RM)", "reward-model"), ("Best-of-N (GT)", "classifier")] {
+        for (alg, scorer) in [
+            ("Best-of-N (RM)", "reward-model"),
+            ("Best-of-N (GT)", "classifier"),
+        ] {
             if !wanted(alg) {
                 continue;
             }
-            let scorer_path = if scorer == "classifier" { gt_dir.clone() } else { rm_run.clone() };
+            let scorer_path = if scorer == "classifier" {
+                gt_dir.clone()
+            } else {
+                rm_run.clone()
+            };
             let text = format!(
                 "name = \"bon\"\nsft_run = {}\nn = {:?}\nthreads = 1\n[prompts]\nsplit = \"test\"\ncount = {}\nseed = 7\n\
                  [sampling]\nmax_new_tokens = {}\nseed = {}\n[scorer]\nkind = \"{scorer}\"\npath = {}\nground_truth = {}\n",
@@ -718,7 +823,10 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 toml_path(&gt_dir)
             );
             let cfg = json!({ "toml": text });
-            let name = format!("{}-seed{seed}", alg.to_lowercase().replace([' ', '(', ')'], ""));
+            let name = format!(
+                "{}-seed{seed}",
+                alg.to_lowercase().replace([' ', '(', ')'], "")
+            );
             let rp: RunPoints = st.run(&name, &cfg, |dir| {
                 let p = write_toml(dir, &text)?;
                 let c = crate::train::best_of_n::BestOfNConfig::from_file(&p)?;
@@ -733,11 +841,17 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 let pts = s
                     .rows
                     .iter()
-                    .map(|r| (r.n as u64, r.kl_analytic, r.ground_truth_sigmoid_mean.unwrap_or(r.score_sigmoid_mean)))
+                    .map(|r| {
+                        (
+                            r.n as u64,
+                            r.kl_analytic,
+                            r.ground_truth_sigmoid_mean.unwrap_or(r.score_sigmoid_mean),
+                        )
+                    })
                     .collect();
-                Ok(RunPoints { run_dir: s.out_dir, points: pts })
+                Ok(RunPoints::new(s.out_dir, pts))
             })?;
-            for &(n, kl, reward) in &rp.points {
+            for (n, kl, reward) in rp.points() {
                 points.push(Point {
                     algorithm: alg.into(),
                     setting: format!("N={n}"),
@@ -790,12 +904,21 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
     let mut df = DataFrame::new(
         p.len(),
         vec![
-            Column::new("algorithm".into(), p.iter().map(|x| x.algorithm.clone()).collect::<Vec<_>>()),
-            Column::new("setting".into(), p.iter().map(|x| x.setting.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "algorithm".into(),
+                p.iter().map(|x| x.algorithm.clone()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "setting".into(),
+                p.iter().map(|x| x.setting.clone()).collect::<Vec<_>>(),
+            ),
             Column::new("seed".into(), p.iter().map(|x| x.seed).collect::<Vec<_>>()),
             Column::new("step".into(), p.iter().map(|x| x.step).collect::<Vec<_>>()),
             Column::new("kl".into(), p.iter().map(|x| x.kl).collect::<Vec<_>>()),
-            Column::new("reward".into(), p.iter().map(|x| x.reward).collect::<Vec<_>>()),
+            Column::new(
+                "reward".into(),
+                p.iter().map(|x| x.reward).collect::<Vec<_>>(),
+            ),
         ],
     )?;
     report::write_csv(out.join("frontier.csv"), &mut df)?;
@@ -803,23 +926,43 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
     let mut mdf = DataFrame::new(
         m.len(),
         vec![
-            Column::new("algorithm".into(), m.iter().map(|x| x.algorithm.clone()).collect::<Vec<_>>()),
+            Column::new(
+                "algorithm".into(),
+                m.iter().map(|x| x.algorithm.clone()).collect::<Vec<_>>(),
+            ),
             Column::new("kl".into(), m.iter().map(|x| x.kl).collect::<Vec<_>>()),
-            Column::new("n_seeds".into(), m.iter().map(|x| x.n_seeds as u64).collect::<Vec<_>>()),
-            Column::new("reward_mean".into(), m.iter().map(|x| x.mean).collect::<Vec<_>>()),
-            Column::new("reward_std".into(), m.iter().map(|x| x.std).collect::<Vec<_>>()),
+            Column::new(
+                "n_seeds".into(),
+                m.iter().map(|x| x.n_seeds as u64).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "reward_mean".into(),
+                m.iter().map(|x| x.mean).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "reward_std".into(),
+                m.iter().map(|x| x.std).collect::<Vec<_>>(),
+            ),
         ],
     )?;
     report::write_csv(out.join("matched_kl.csv"), &mut mdf)?;
     crate::io::write_json(out.join("summary.json"), s)?;
 
     // Per algorithm: all points and the envelope over all seeds.
-    let mut algs: Vec<&str> = ALGORITHMS.iter().copied().filter(|a| p.iter().any(|x| x.algorithm == *a)).collect();
+    let mut algs: Vec<&str> = ALGORITHMS
+        .iter()
+        .copied()
+        .filter(|a| p.iter().any(|x| x.algorithm == *a))
+        .collect();
     algs.dedup();
     let series: Vec<report::XySeries> = algs
         .iter()
         .map(|a| {
-            let pts: Vec<(f64, f64)> = p.iter().filter(|x| x.algorithm == *a).map(|x| (x.kl, x.reward)).collect();
+            let pts: Vec<(f64, f64)> = p
+                .iter()
+                .filter(|x| x.algorithm == *a)
+                .map(|x| (x.kl, x.reward))
+                .collect();
             report::XySeries {
                 name: a.to_string(),
                 points: pts.clone(),
@@ -866,18 +1009,25 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
                 .iter()
                 .find(|x| x.algorithm == *a && x.kl == k)
                 .and_then(|x| x.mean.zip(x.std).map(|(mu, sd)| (mu, sd, x.n_seeds)))
-                .map_or("–".to_string(), |(mu, sd, n)| format!("{mu:.3} ± {sd:.3} (n={n})"));
+                .map_or("–".to_string(), |(mu, sd, n)| {
+                    format!("{mu:.3} ± {sd:.3} (n={n})")
+                });
             md.push_str(&format!(" {cell} |"));
         }
         let best = p
             .iter()
             .filter(|x| x.algorithm == *a)
             .max_by(|x, y| x.reward.total_cmp(&y.reward));
-        md.push_str(&best.map_or(" – |\n".to_string(), |b| format!(" {:.3} ({:.2}) |\n", b.reward, b.kl)));
+        md.push_str(&best.map_or(" – |\n".to_string(), |b| {
+            format!(" {:.3} ({:.2}) |\n", b.reward, b.kl)
+        }));
     }
     md.push_str("\n| stage | wall s | cached |\n|---|---|---|\n");
     for t in &s.timings {
-        md.push_str(&format!("| {} | {:.1} | {} |\n", t.stage, t.wall_s, t.cached));
+        md.push_str(&format!(
+            "| {} | {:.1} | {} |\n",
+            t.stage, t.wall_s, t.cached
+        ));
     }
     crate::io::atomic_write(out.join("summary.md"), md.as_bytes())?;
 

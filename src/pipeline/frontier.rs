@@ -92,7 +92,11 @@ pub fn matched_kl(points: &[Point], grid: &[f64]) -> Vec<MatchedKl> {
     algorithms.dedup();
     let mut out = Vec::new();
     for alg in algorithms {
-        let mut seeds: Vec<u64> = points.iter().filter(|p| p.algorithm == alg).map(|p| p.seed).collect();
+        let mut seeds: Vec<u64> = points
+            .iter()
+            .filter(|p| p.algorithm == alg)
+            .map(|p| p.seed)
+            .collect();
         seeds.sort();
         seeds.dedup();
         let envelopes: Vec<Vec<(f64, f64)>> = seeds
@@ -132,8 +136,18 @@ mod tests {
 
     #[test]
     fn envelope_keeps_only_undominated_points() {
-        let pts = [(3.0, 0.7), (1.0, 0.6), (2.0, 0.5), (4.0, 0.9), (0.0, 0.5), (5.0, 0.8)];
-        assert_eq!(upper_envelope(&pts), vec![(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (4.0, 0.9)]);
+        let pts = [
+            (3.0, 0.7),
+            (1.0, 0.6),
+            (2.0, 0.5),
+            (4.0, 0.9),
+            (0.0, 0.5),
+            (5.0, 0.8),
+        ];
+        assert_eq!(
+            upper_envelope(&pts),
+            vec![(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (4.0, 0.9)]
+        );
         let env = upper_envelope(&pts);
         assert!((envelope_at(&env, 2.0).unwrap() - 0.65).abs() < 1e-12);
         assert_eq!(envelope_at(&env, -1.0), None);
@@ -151,7 +165,13 @@ mod tests {
             kl,
             reward,
         };
-        let pts = vec![p(0, 0.0, 0.5), p(0, 2.0, 0.9), p(1, 0.0, 0.5), p(1, 2.0, 0.7), p(2, 0.0, 0.5)];
+        let pts = vec![
+            p(0, 0.0, 0.5),
+            p(0, 2.0, 0.9),
+            p(1, 0.0, 0.5),
+            p(1, 2.0, 0.7),
+            p(2, 0.0, 0.5),
+        ];
         let m = matched_kl(&pts, &[1.0]);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].n_seeds, 2);

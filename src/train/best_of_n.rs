@@ -549,7 +549,9 @@ pub fn run_best_of_n(cfg: &BestOfNConfig, opts: &BestOfNOptions) -> Result<BestO
     }
     let scorer: Box<dyn SentimentScorer> = match cfg.scorer.kind {
         ScorerKind::Classifier => Box::new(load_classifier(&cfg.scorer.path, "scorer.path")?),
-        ScorerKind::RewardModel => Box::new(crate::train::rm::RewardModelScorer::from_run(&cfg.scorer.path)?),
+        ScorerKind::RewardModel => Box::new(crate::train::rm::RewardModelScorer::from_run(
+            &cfg.scorer.path,
+        )?),
     };
     let gt_path = cfg
         .scorer

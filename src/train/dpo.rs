@@ -742,7 +742,10 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
             let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
             let mut r = LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?;
             r.freeze();
-            (Some(Evaluator::new(section, &policy.tokenizer, &data_dir)?), Some(r))
+            (
+                Some(Evaluator::new(section, &policy.tokenizer, &data_dir)?),
+                Some(r),
+            )
         }
         None => (None, None),
     };

@@ -514,7 +514,11 @@ pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) ->
         .collect();
     let (mut x0, mut x1, mut y0, mut y1) = (0.0f64, 1.0f64, 0.0f64, 1.0f64);
     if !all.is_empty() {
-        x0 = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(0.0);
+        x0 = all
+            .iter()
+            .map(|p| p.0)
+            .fold(f64::INFINITY, f64::min)
+            .min(0.0);
         x1 = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
         y0 = all.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
         y1 = all.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
@@ -536,7 +540,10 @@ pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) ->
         html_escape(title)
     );
     for i in 0..=5 {
-        let (fx, fy) = (x0 + (x1 - x0) * i as f64 / 5.0, y0 + (y1 - y0) * i as f64 / 5.0);
+        let (fx, fy) = (
+            x0 + (x1 - x0) * i as f64 / 5.0,
+            y0 + (y1 - y0) * i as f64 / 5.0,
+        );
         s.push_str(&format!(
             "<line x1=\"{0:.1}\" y1=\"{1}\" x2=\"{0:.1}\" y2=\"{2}\" stroke=\"#eee\"/><text x=\"{0:.1}\" y=\"{3}\" text-anchor=\"middle\">{4:.2}</text>\n",
             px(fx), t, h - b, h - b + 16.0, fx
@@ -560,7 +567,11 @@ pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) ->
     ));
     for (i, se) in series.iter().enumerate() {
         let c = PALETTE[i % PALETTE.len()];
-        for &(x, y) in se.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        for &(x, y) in se
+            .points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+        {
             s.push_str(&format!(
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\" fill-opacity=\"0.45\"/>\n",
                 px(x),
@@ -568,7 +579,11 @@ pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) ->
             ));
         }
         if se.line.len() > 1 {
-            let pts: Vec<String> = se.line.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            let pts: Vec<String> = se
+                .line
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
             s.push_str(&format!(
                 "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"/>\n",
                 pts.join(" ")

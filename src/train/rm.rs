@@ -734,7 +734,12 @@ impl SentimentScorer for RewardModelScorer {
         // One forward path for every reward-model score: `LoadedLm::score_sequences`.
         let mut out = Vec::new();
         for chunk in seqs.chunks(self.batch_size.max(1)) {
-            out.push(self.lm.score_sequences(chunk)?.to_kind(Kind::Float).to_device(Device::Cpu));
+            out.push(
+                self.lm
+                    .score_sequences(chunk)?
+                    .to_kind(Kind::Float)
+                    .to_device(Device::Cpu),
+            );
         }
         if out.is_empty() {
             return Ok(Tensor::zeros([0], (Kind::Float, Device::Cpu)));
