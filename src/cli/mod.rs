@@ -107,35 +107,7 @@ enum Command {
     },
     /// Supervised fine-tuning / LM training of the GPT (configs/sft-*.toml). Resumes automatically from
     /// the run directory's latest.json; --fresh starts over.
-    Sft {
-        /// Run configuration (TOML).
-        #[arg(long)]
-        config: std::path::PathBuf,
-        /// Run directory (default: reports/<name> of the config).
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-        /// Require a checkpoint to resume from (error if there is none).
-        #[arg(long, conflicts_with = "fresh")]
-        resume: bool,
-        /// Delete the run directory's checkpoints, metrics and reports and start over.
-        #[arg(long)]
-        fresh: bool,
-        /// Override optim.max_steps of the config (part of the config: a resume must use the same value).
-        #[arg(long)]
-        max_steps: Option<u64>,
-        /// Override the config's libtorch thread count.
-        #[arg(long)]
-        threads: Option<i32>,
-        /// No progress bar and no per-eval lines.
-        #[arg(long)]
-        quiet: bool,
-        /// report.html loads plotly.js from its CDN (small file, needs a network) instead of inlining it.
-        #[arg(long)]
-        plotly_cdn: bool,
-        /// Test hook: sleep this many milliseconds after every step.
-        #[arg(long, hide = true, default_value_t = 0)]
-        step_delay_ms: u64,
-    },
+    Sft(TrainArgs),
     /// Reward-model training from an SFT run on preference pairs or ranked completions
     /// (configs/rm-*.toml). Resumes automatically; --fresh starts over.
     Rm(TrainArgs),
@@ -442,67 +414,30 @@ pub fn main() -> ExitCode {
                 s.run_dir.display()
             ))
         })()),
-        Command::Sft {
-            config,
-            out,
-            resume,
-            fresh,
-            max_steps,
-            threads,
-            quiet,
-            plotly_cdn,
-            step_delay_ms,
-        } => {
-            use crate::train::sft::{run_sft, ResumeMode, SftConfig, SftOptions};
-            let run = || -> Result<_, RlhfError> {
-                let mut cfg = SftConfig::from_file(&config)?;
-                if let Some(n) = max_steps {
-                    cfg.optim.max_steps = n;
-                }
-                if threads.is_some() {
-                    cfg.threads = threads;
-                }
-                let opts = SftOptions {
-                    out_dir: out,
-                    resume: if fresh {
-                        ResumeMode::Fresh
-                    } else if resume {
-                        ResumeMode::Require
-                    } else {
-                        ResumeMode::Auto
-                    },
-                    config_file: Some(config.clone()),
-                    progress: !quiet,
-                    verbose: !quiet,
-                    step_delay_ms,
-                    data_dir: None,
-                    plotly_cdn,
-                };
-                run_sft(&cfg, &opts)
-            };
-            match run() {
-                Ok(s) => {
-                    println!(
-                        "{}: {} steps{}, validation loss {:.4}, perplexity {:.2}, {:.0} train tokens/s, {:.1} s; run dir {}",
-                        config.display(),
-                        s.steps,
-                        s.resumed_from
-                            .map(|r| format!(" (resumed from step {r})"))
-                            .unwrap_or_default(),
-                        s.final_val_loss,
-                        s.final_val_ppl,
-                        s.train_tokens_per_s,
-                        s.wall_s,
-                        s.run_dir.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+        Command::Sft(args) => report_run((|| {
+            use crate::train::sft::{run_sft, SftConfig};
+            let mut cfg = SftConfig::from_file(&args.config)?;
+            if let Some(n) = args.max_steps {
+                cfg.optim.max_steps = n;
             }
-        }
+            if args.threads.is_some() {
+                cfg.threads = args.threads;
+            }
+            let s = run_sft(&cfg, &args.options())?;
+            Ok(format!(
+                "{}: {} steps{}, validation loss {:.4}, perplexity {:.2}, {:.0} train tokens/s, {:.1} s; run dir {}",
+                args.config.display(),
+                s.steps,
+                s.resumed_from
+                    .map(|r| format!(" (resumed from step {r})"))
+                    .unwrap_or_default(),
+                s.final_val_loss,
+                s.final_val_ppl,
+                s.train_tokens_per_s,
+                s.wall_s,
+                s.run_dir.display()
+            ))
+        })()),
         Command::BestOfN {
             config,
             out,

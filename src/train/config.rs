@@ -174,3 +174,14 @@ impl OptimSection {
         self.adamw().validate().map_err(|e| e.in_section("optim"))
     }
 }
+
+/// A run name is a plain directory name (the run directory is `reports/<name>`).
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(RlhfError::invalid(
+            "name",
+            format!("{name:?} must be a plain directory name"),
+        ));
+    }
+    Ok(())
+}

@@ -238,7 +238,7 @@ impl DpoLossSection {
 impl TrainConfig for DpoTrainConfig {
     fn validate(&self) -> Result<()> {
         use crate::core::check::at_least;
-        crate::train::rm::validate_name(&self.name)?;
+        config::validate_name(&self.name)?;
         if self.sft_run.as_os_str().is_empty() {
             return Err(RlhfError::invalid("sft_run", "an empty path"));
         }
@@ -658,15 +658,15 @@ fn report_panels() -> Vec<Panel> {
 
 /// Runs (or resumes) DPO-family training; see the module documentation.
 pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
-    cfg.validate().map_err(|e| RlhfError::Config {
-        source_name: opts.source_name(&cfg.name),
-        reason: e.to_string(),
-    })?;
-    if let Some(t) = cfg.threads {
-        tch::set_num_threads(t);
-    }
-    let (mut run, resumed) =
-        Run::<DpoRow>::open("dpo", &cfg.name, cfg, cfg.seed, cfg.keep_checkpoints, opts)?;
+    let (mut run, resumed) = Run::<DpoRow>::start(
+        "dpo",
+        cfg,
+        &cfg.name,
+        cfg.seed,
+        cfg.threads,
+        cfg.keep_checkpoints,
+        opts,
+    )?;
     let device = run.device();
 
     // Policy: the SFT checkpoint (fresh) or this run's checkpoint (resume).

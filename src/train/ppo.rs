@@ -212,12 +212,7 @@ fn default_keep() -> usize {
 impl TrainConfig for PpoConfig {
     fn validate(&self) -> Result<()> {
         use crate::core::check::{at_least, count_in, non_negative, positive};
-        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
-            return Err(RlhfError::invalid(
-                "name",
-                format!("{:?} must be a plain directory name", self.name),
-            ));
-        }
+        config::validate_name(&self.name)?;
         self.optim.validate()?;
         at_least("optim.grad_accum", self.optim.grad_accum, 1)?;
         if self.optim.grad_accum != 1 {
@@ -510,16 +505,16 @@ fn ptx_stream(lm: &LoadedLm, data_dir: &Path) -> Result<Vec<i64>> {
 
 /// Runs (or resumes) PPO as configured; see the module documentation.
 pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
-    cfg.validate().map_err(|e| RlhfError::Config {
-        source_name: opts.source_name(&cfg.name),
-        reason: e.to_string(),
-    })?;
-    if let Some(t) = cfg.threads {
-        tch::set_num_threads(t);
-    }
+    let (mut run, resumed) = Run::<PpoRow>::start(
+        "ppo",
+        cfg,
+        &cfg.name,
+        cfg.seed,
+        cfg.threads,
+        cfg.keep_checkpoints,
+        opts,
+    )?;
     let conv = cfg.conventions()?;
-    let (mut run, resumed) =
-        Run::<PpoRow>::open("ppo", &cfg.name, cfg, cfg.seed, cfg.keep_checkpoints, opts)?;
     let device = run.device();
     let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
 

@@ -45,7 +45,7 @@ use crate::rng::SplitMix64;
 use crate::train::batch::{
     collate_groups, load_preference_groups, Padding, PreferenceFormat, RankedGroup,
 };
-use crate::train::config::{self, OptimSection, TrainConfig};
+use crate::train::config::{self, validate_name, OptimSection, TrainConfig};
 use crate::train::lm::LoadedLm;
 use crate::train::optim::{clip_grad_norm, AdamW};
 use crate::train::report::{self, Panel, Series};
@@ -179,17 +179,6 @@ impl TrainConfig for RmConfig {
         }
         Ok(())
     }
-}
-
-/// A run name is a plain directory name.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(RlhfError::invalid(
-            "name",
-            format!("{name:?} must be a plain directory name"),
-        ));
-    }
-    Ok(())
 }
 
 impl RmConfig {
@@ -464,15 +453,15 @@ fn report_panels() -> Vec<Panel> {
 /// ([`crate::train::run`]) with the SFT run's `tokenizer.json`, so the run loads as a [`LoadedLm`] and
 /// as a [`RewardModelScorer`].
 pub fn run_rm(cfg: &RmConfig, opts: &RunOptions) -> Result<RmSummary> {
-    cfg.validate().map_err(|e| RlhfError::Config {
-        source_name: opts.source_name(&cfg.name),
-        reason: e.to_string(),
-    })?;
-    if let Some(t) = cfg.threads {
-        tch::set_num_threads(t);
-    }
-    let (mut run, resumed) =
-        Run::<RmRow>::open("rm", &cfg.name, cfg, cfg.seed, cfg.keep_checkpoints, opts)?;
+    let (mut run, resumed) = Run::<RmRow>::start(
+        "rm",
+        cfg,
+        &cfg.name,
+        cfg.seed,
+        cfg.threads,
+        cfg.keep_checkpoints,
+        opts,
+    )?;
     let device = run.device();
 
     // Model: the SFT checkpoint (fresh) or this run's checkpoint (resume); the tokenizer is copied in.

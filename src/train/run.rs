@@ -364,6 +364,28 @@ impl<R: MetricsRow> Run<R> {
         Ok((run, resumed))
     }
 
+    /// What every trainer does first: validate its whole config (a [`RlhfError::Config`] naming the
+    /// config file), set libtorch's thread count (before the manifest records it), then [`Run::open`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn start<C: crate::train::config::TrainConfig + Serialize>(
+        kind: &str,
+        cfg: &C,
+        name: &str,
+        seed: i64,
+        threads: Option<i32>,
+        keep_checkpoints: usize,
+        opts: &RunOptions,
+    ) -> Result<(Self, Option<Resumed>)> {
+        cfg.validate().map_err(|e| RlhfError::Config {
+            source_name: opts.source_name(name),
+            reason: e.to_string(),
+        })?;
+        if let Some(t) = threads {
+            tch::set_num_threads(t);
+        }
+        Self::open(kind, name, cfg, seed, keep_checkpoints, opts)
+    }
+
     /// The device a trainer should use; recorded in the manifest.
     pub fn device(&self) -> tch::Device {
         tch::Device::cuda_if_available()

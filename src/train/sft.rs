@@ -168,12 +168,7 @@ impl SftConfig {
     /// Range checks across sections (also run by [`run_sft`]).
     pub fn validate(&self) -> Result<()> {
         use crate::core::check::at_least;
-        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
-            return Err(RlhfError::invalid(
-                "name",
-                format!("{:?} must be a plain directory name", self.name),
-            ));
-        }
+        config::validate_name(&self.name)?;
         let m = &self.model;
         m.validate()?;
         if self.tokenizer.path.is_none() {
@@ -529,15 +524,15 @@ pub fn latest_checkpoint(run_dir: &Path) -> Result<Option<PathBuf>> {
 /// ([`crate::train::run`]): `tokenizer.json`, `metrics.csv`, `manifest.json`, `report.html`, and
 /// `checkpoints/ckpt-<step>/{model.safetensors, config.json, optimizer.safetensors, state.json}`.
 pub fn run_sft(cfg: &SftConfig, opts: &SftOptions) -> Result<SftSummary> {
-    cfg.validate().map_err(|e| RlhfError::Config {
-        source_name: opts.source_name(&cfg.name),
-        reason: e.to_string(),
-    })?;
-    if let Some(t) = cfg.threads {
-        tch::set_num_threads(t);
-    }
-    let (mut run, resumed) =
-        Run::<MetricsRow>::open("sft", &cfg.name, cfg, cfg.seed, cfg.keep_checkpoints, opts)?;
+    let (mut run, resumed) = Run::<MetricsRow>::start(
+        "sft",
+        cfg,
+        &cfg.name,
+        cfg.seed,
+        cfg.threads,
+        cfg.keep_checkpoints,
+        opts,
+    )?;
     let device = run.device();
 
     // Data.
