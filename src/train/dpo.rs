@@ -669,16 +669,9 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
     )?;
     let device = run.device();
 
-    // Policy: the SFT checkpoint (fresh) or this run's checkpoint (resume).
+    // The trained model: the SFT checkpoint (fresh) or this run's checkpoint (resume).
     let tok_path = run.dir.join("tokenizer.json");
-    let policy = match &resumed {
-        Some(r) => LoadedLm::from_dir(&r.dir, &tok_path, device)?,
-        None => {
-            let lm = LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?;
-            lm.tokenizer.save(&tok_path)?;
-            lm
-        }
-    };
+    let policy = LoadedLm::for_run(resumed.as_ref(), &cfg.sft_run, &run.dir, device)?;
     let pad_id = policy.tokenizer.pad_id();
     let max_len = policy.config().n_positions as usize;
 

@@ -53,6 +53,26 @@ impl LoadedLm {
         Self::from_dir(&ckpt, &run_dir.join("tokenizer.json"), device)
     }
 
+    /// The model a trainer trains: this run's checkpoint when resuming (with the tokenizer copied into
+    /// the run directory when it started), else the newest checkpoint of `sft_run`, whose tokenizer is
+    /// then copied to `<run_dir>/tokenizer.json`.
+    pub fn for_run(
+        resumed: Option<&crate::train::run::Resumed>,
+        sft_run: &Path,
+        run_dir: &Path,
+        device: Device,
+    ) -> Result<Self> {
+        let tok_path = run_dir.join("tokenizer.json");
+        match resumed {
+            Some(r) => Self::from_dir(&r.dir, &tok_path, device),
+            None => {
+                let lm = Self::from_run(sft_run, "sft_run", device)?;
+                lm.tokenizer.save(&tok_path)?;
+                Ok(lm)
+            }
+        }
+    }
+
     /// A checkpoint directory (`model.safetensors` + `config.json`, [`gpt::save_model`]) and a tokenizer.
     pub fn from_dir(ckpt: &Path, tokenizer: &Path, device: Device) -> Result<Self> {
         let tokenizer = Tokenizer::from_file(tokenizer)?;

@@ -521,10 +521,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
     // The four models. Actor: from the checkpoint on resume, else the SFT run; reference: the SFT run,
     // frozen; critic: its own copy (from the checkpoint, the SFT run or the RM run) unless shared.
     let sft_tok = cfg.sft_run.join("tokenizer.json");
-    let actor = match &resumed {
-        Some(r) => LoadedLm::from_dir(&r.dir, &sft_tok, device)?,
-        None => LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?,
-    };
+    let actor = LoadedLm::for_run(resumed.as_ref(), &cfg.sft_run, &run.dir, device)?;
     let mut reference = LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?;
     reference.freeze();
     let critic = if cfg.shared_backbone {
@@ -549,7 +546,6 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
         }
     };
     let tok = actor.tokenizer.clone();
-    tok.save(&run.dir.join("tokenizer.json"))?;
 
     let mut actor_opt = AdamW::new(&actor.vs, cfg.optim.adamw())?;
     let mut critic_opt = match &critic {

@@ -464,16 +464,9 @@ pub fn run_rm(cfg: &RmConfig, opts: &RunOptions) -> Result<RmSummary> {
     )?;
     let device = run.device();
 
-    // Model: the SFT checkpoint (fresh) or this run's checkpoint (resume); the tokenizer is copied in.
+    // The trained model: the SFT checkpoint (fresh) or this run's checkpoint (resume).
     let tok_path = run.dir.join("tokenizer.json");
-    let lm = match &resumed {
-        Some(r) => LoadedLm::from_dir(&r.dir, &tok_path, device)?,
-        None => {
-            let lm = LoadedLm::from_run(&cfg.sft_run, "sft_run", device)?;
-            lm.tokenizer.save(&tok_path)?;
-            lm
-        }
-    };
+    let lm = LoadedLm::for_run(resumed.as_ref(), &cfg.sft_run, &run.dir, device)?;
     let model = lm.lm();
     let pad_id = lm.tokenizer.pad_id();
     let max_len = lm.config().n_positions as usize;
