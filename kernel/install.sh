@@ -65,6 +65,10 @@ fi
 VENV_REAL="$(cd "$VENV" && pwd -P)"
 LIBTORCH_REAL="$(readlink -f "$VENV/libtorch")"
 TORCH_LIB="$LIBTORCH_REAL/lib"
+# Each cell is a cdylib built with `-C prefer-dynamic`: it needs the toolchain's libstd-<hash>.so at
+# dlopen time. With the build dir outside the checkout nothing else puts it on the search path
+# ("dlopen failed" on libcode_1.so), so the spec names it.
+RUST_LIBDIR="$(rustc --print target-libdir)"
 CARGO_BIN="$(dirname "$(command -v cargo)")"
 SPEC_DIR="$VENV/share/jupyter/kernels/rlhf-lab"
 EVCXR_TMPDIR="$RLHF_LAB_CACHE/evcxr"
@@ -81,7 +85,7 @@ spec = {
         "LIBTORCH": "$LIBTORCH_REAL",
         "LIBTORCH_CXX11_ABI": "1",
         # run time: each cell is a cdylib that links libtorch_cpu.so / libc10.so
-        "LD_LIBRARY_PATH": "$TORCH_LIB",
+        "LD_LIBRARY_PATH": "$TORCH_LIB:$RUST_LIBDIR",
         "PATH": "$VENV_REAL/bin:$CARGO_BIN:/usr/local/bin:/usr/bin:/bin",
         # persistent build dir in the machine's cache: compiled deps survive across notebooks, runs and
         # clones (cold ≈ 9 min, warm ≈ 10 s). Each clone's rlhf-lab is still compiled from its own path.
