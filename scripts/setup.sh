@@ -59,4 +59,4 @@ fi
 ln -sfn "$site" "$VENV/libtorch"
 touch "$STAMP"
 install_pins
-echo "setup: torch $got at $site ($(( $(date +%s) - start )) s, $(du -sh "$VENV" | cut -f1) in $VENV)"
+echo "setup: torch $got at $site ($(( $(date +%s) - start )) s, $(du -sh "$VENV/" | cut -f1) in $VENV)"
