@@ -328,3 +328,72 @@ fn corrupt_or_missing_files_are_typed_errors() {
         RlhfError::Format { .. }
     ));
 }
+
+/// SmolLM2 through the trainers' model trait (`RlhfLm`): `lm_logits(forward_hidden(x))` is exactly the
+/// `CausalLm` forward; the value head gives one value per token and the score head one score per row,
+/// read at the last real token whatever the padding (a left-padded and an unpadded copy of a prompt
+/// score the same).
+#[test]
+fn rlhf_heads_through_the_trainer_trait() {
+    use rlhf_lab::model::RlhfLm;
+    let guard = model();
+    let (llama, tok) = &*guard;
+    let _g = tch::no_grad_guard();
+    let long = tok
+        .encode("A film about rain and the people who wait for it.")
+        .unwrap();
+    let short = tok.encode("Rain.").unwrap();
+    let lp = left_pad(&[long.clone(), short.clone()], tok.pad_id(), Device::Cpu).unwrap();
+    let logits = llama
+        .forward(
+            &lp.input_ids,
+            &lp.attention_mask,
+            &lp.position_ids,
+            None,
+            false,
+        )
+        .unwrap();
+    let hidden = RlhfLm::forward_hidden(
+        llama,
+        &lp.input_ids,
+        &lp.attention_mask,
+        &lp.position_ids,
+        None,
+        false,
+    )
+    .unwrap();
+    let via_trait = RlhfLm::lm_logits(llama, &hidden).unwrap();
+    assert_eq!(via_trait.size(), logits.size());
+    assert_eq!(
+        f64::try_from((&via_trait - &logits).abs().max()).unwrap(),
+        0.0
+    );
+    let (b, t) = (2, lp.input_ids.size()[1]);
+    assert_eq!(RlhfLm::values(llama, &hidden).unwrap().size(), [b, t]);
+    let scores = RlhfLm::scores(llama, &hidden, &lp.attention_mask).unwrap();
+    assert_eq!(scores.size(), [b]);
+    // The short prompt alone (no padding) scores as it does left-padded in the batch.
+    let one = left_pad(&[short], tok.pad_id(), Device::Cpu).unwrap();
+    let h1 = RlhfLm::forward_hidden(
+        llama,
+        &one.input_ids,
+        &one.attention_mask,
+        &one.position_ids,
+        None,
+        false,
+    )
+    .unwrap();
+    let s1 = f64::try_from(
+        RlhfLm::scores(llama, &h1, &one.attention_mask)
+            .unwrap()
+            .get(0),
+    )
+    .unwrap();
+    let s_batch = f64::try_from(scores.get(1)).unwrap();
+    assert!((s1 - s_batch).abs() < 1e-4, "{s1} vs {s_batch}");
+    // A mask of the wrong shape is a typed error.
+    assert!(matches!(
+        RlhfLm::scores(llama, &hidden, &one.attention_mask),
+        Err(RlhfError::Shape { .. })
+    ));
+}

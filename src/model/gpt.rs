@@ -39,7 +39,7 @@
 
 use crate::core::check;
 use crate::error::{Result, RlhfError};
-use crate::model::{validate_forward_inputs, CausalLm, KvCache};
+use crate::model::{validate_forward_inputs, CausalLm, KvCache, ScalarHead};
 
 mod files;
 pub use files::save_model;
@@ -279,37 +279,6 @@ impl Conv1D {
             *last = n_out;
         }
         y.view(shape.as_slice())
-    }
-}
-
-/// A `Linear(C → 1)` head (`nn.Linear` layout: weight `(1, C)`, bias `(1,)`), weight
-/// `N(0, 1/(C+1))`, bias 0 — the reward-head initialisation of OpenAI's `lm-human-preferences`
-/// (Ziegler et al. 2019; listed in Huang et al. 2023, "The N Implementation Details of RLHF with
-/// PPO", §reward model), used here for the value head too.
-#[derive(Debug)]
-struct ScalarHead {
-    weight: Tensor, // (1, C)
-    bias: Tensor,   // (1,)
-}
-
-impl ScalarHead {
-    fn new(p: &nn::Path, c: i64) -> Result<Self> {
-        Ok(ScalarHead {
-            weight: p.f_var(
-                "weight",
-                &[1, c],
-                nn::Init::Randn {
-                    mean: 0.0,
-                    stdev: 1.0 / ((c + 1) as f64).sqrt(),
-                },
-            )?,
-            bias: p.f_var("bias", &[1], nn::Init::Const(0.0))?,
-        })
-    }
-
-    /// `(…, C) → (…)`.
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias)).squeeze_dim(-1)
     }
 }
 
@@ -620,18 +589,7 @@ impl Gpt {
     /// `hidden` `(B, T, C)`, `attention_mask` `(B, T)` 0/1 with at least one 1 per row.
     pub fn scores(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         self.check_hidden(hidden)?;
-        let (b, t, c) = hidden.size3()?;
-        if attention_mask.size() != [b, t] {
-            return Err(RlhfError::shape(
-                "attention_mask",
-                attention_mask.size(),
-                format!("(B, T) = [{b}, {t}] (the first two dims of `hidden`)"),
-            ));
-        }
-        let last = last_real_index(attention_mask)?.to_device(hidden.device()); // (B,)
-        let at_last = hidden
-            .gather(1, &last.view([b, 1, 1]).expand([b, 1, c], false), false)
-            .squeeze_dim(1); // (B, C)
+        let at_last = crate::model::hidden_at_last_token(hidden, attention_mask)?; // (B, C)
         Ok(self.score_head.forward(&at_last)) // (B,)
     }
 }

@@ -29,7 +29,7 @@
 //! `train` has no effect.
 
 use super::gguf::{self, GgufFile};
-use super::{validate_forward_inputs, CausalLm, KvCache};
+use super::{validate_forward_inputs, CausalLm, KvCache, ScalarHead};
 use crate::error::{Result, RlhfError};
 use crate::model::tokenizer::Tokenizer;
 use std::path::Path;
@@ -192,6 +192,10 @@ pub struct Llama {
     norm: Tensor,     // (C,)
     lm_head: Tensor,  // (V, C), the same tensor as `embed` when tied
     inv_freq: Tensor, // (D/2,) base^(−2i/D)
+    /// The RLHF heads (not in the GGUF file): freshly initialised as the GPT's
+    /// ([`crate::model::RlhfLm`]), trainable.
+    value_head: ScalarHead,
+    score_head: ScalarHead,
 }
 
 impl std::fmt::Debug for Llama {
@@ -299,6 +303,10 @@ impl Llama {
             });
         }
         vs.freeze();
+        // The value and score heads come after the freeze: they are the trainable part of a frozen
+        // base (RLHF heads on SmolLM2), `N(0, 1/(C+1))` from libtorch's generator like the GPT's.
+        let value_head = ScalarHead::new(&vs.root().sub("value_head"), c)?;
+        let score_head = ScalarHead::new(&vs.root().sub("score_head"), c)?;
         let d = cfg.head_dim;
         let inv_freq = (Tensor::arange_start_step(0, d, 2, (Kind::Double, device)) / d as f64
             * -(cfg.rope_theta.ln()))
@@ -312,6 +320,8 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            value_head,
+            score_head,
         })
     }
 
@@ -353,8 +363,22 @@ impl CausalLm for Llama {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         position_ids: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         _train: bool,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden(input_ids, attention_mask, position_ids, cache)?;
+        Ok(hidden.linear::<Tensor>(&self.lm_head, None)) // (B, T, V)
+    }
+}
+
+impl Llama {
+    /// The decoder stack up to the final RMSNorm: hidden states `(B, T, C)`.
+    fn hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let dev = self.device();
         let inp = validate_forward_inputs(
@@ -419,8 +443,45 @@ impl CausalLm for Llama {
             let up = hn.linear::<Tensor>(&layer.w_up, None);
             x = x + (gate * up).linear::<Tensor>(&layer.w_down, None);
         }
-        let x = rms_norm(&x, &self.norm, cfg.rms_norm_eps);
-        Ok(x.linear::<Tensor>(&self.lm_head, None)) // (B, T, V)
+        Ok(rms_norm(&x, &self.norm, cfg.rms_norm_eps)) // (B, T, C)
+    }
+
+    fn check_hidden(&self, hidden: &Tensor) -> Result<()> {
+        crate::core::check::float("hidden", hidden)?;
+        if hidden.dim() != 3 || hidden.size()[2] != self.cfg.hidden_size {
+            return Err(RlhfError::shape(
+                "hidden",
+                hidden.size(),
+                format!("(B, T, C = {})", self.cfg.hidden_size),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl crate::model::RlhfLm for Llama {
+    fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        position_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        _train: bool,
+    ) -> Result<Tensor> {
+        self.hidden(input_ids, attention_mask, position_ids, cache)
+    }
+    fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.check_hidden(hidden)?;
+        Ok(hidden.linear::<Tensor>(&self.lm_head, None))
+    }
+    fn values(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.check_hidden(hidden)?;
+        Ok(self.value_head.forward(hidden))
+    }
+    fn scores(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.check_hidden(hidden)?;
+        let at_last = crate::model::hidden_at_last_token(hidden, attention_mask)?; // (B, C)
+        Ok(self.score_head.forward(&at_last))
     }
 }
 

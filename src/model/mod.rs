@@ -14,7 +14,7 @@ pub mod llama;
 pub mod tokenizer;
 
 use crate::error::{Result, RlhfError};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Keys and values of every layer for the tokens seen so far: `layers[l] = (K, V)`, each
 /// `(B, H_kv, T_past, D_head)`. Empty (`None`) before the first forward pass.
@@ -95,6 +95,55 @@ pub trait RlhfLm: CausalLm {
     fn values(&self, hidden: &Tensor) -> Result<Tensor>;
     /// Per-sequence scores `(B,)` read at the last real token of `attention_mask` `(B, T)`.
     fn scores(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
+}
+
+/// A `Linear(C → 1)` head (`nn.Linear` layout: weight `(1, C)`, bias `(1,)`), weight
+/// `N(0, 1/(C+1))`, bias 0 — the reward-head initialisation of OpenAI's `lm-human-preferences`
+/// (Ziegler et al. 2019; listed in Huang et al. 2023, "The N Implementation Details of RLHF with
+/// PPO", §reward model), used here for the value head too.
+#[derive(Debug)]
+pub(crate) struct ScalarHead {
+    weight: Tensor, // (1, C)
+    bias: Tensor,   // (1,)
+}
+
+impl ScalarHead {
+    pub(crate) fn new(p: &nn::Path, c: i64) -> Result<Self> {
+        Ok(ScalarHead {
+            weight: p.f_var(
+                "weight",
+                &[1, c],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0 / ((c + 1) as f64).sqrt(),
+                },
+            )?,
+            bias: p.f_var("bias", &[1], nn::Init::Const(0.0))?,
+        })
+    }
+
+    /// `(…, C) → (…)`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias)).squeeze_dim(-1)
+    }
+}
+
+/// The hidden state of the **last real token** of each row: `hidden` `(B, T, C)`, `attention_mask`
+/// `(B, T)` 0/1 with a 1 in every row → `(B, C)`, where a reward model reads its score (left or right
+/// padding; [`gpt::last_real_index`]).
+pub fn hidden_at_last_token(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let (b, t, c) = hidden.size3()?;
+    if attention_mask.size() != [b, t] {
+        return Err(RlhfError::shape(
+            "attention_mask",
+            attention_mask.size(),
+            format!("(B, T) = [{b}, {t}] (the first two dims of `hidden`)"),
+        ));
+    }
+    let last = gpt::last_real_index(attention_mask)?.to_device(hidden.device()); // (B,)
+    Ok(hidden
+        .gather(1, &last.view([b, 1, 1]).expand([b, 1, c], false), false)
+        .squeeze_dim(1)) // (B, C)
 }
 
 /// A left-padded batch: `input_ids` `(B, T)` int64 (pad id on the left), `attention_mask` `(B, T)` int64
