@@ -4,6 +4,10 @@
 //! near the reference; the held-out ground-truth score rises; the score lands on the last real response
 //! token of real sampled rollouts; bad configs are typed errors, exit 2.
 
+#[path = "common/prefs.rs"]
+mod prefs;
+
+use prefs::{latest_step, spawn, torch_lock, wait_until};
 use rlhf_lab::core::conventions::Conventions;
 use rlhf_lab::core::experience::ppo_experience;
 use rlhf_lab::generate::{generate, GenerationConfig};
@@ -12,13 +16,10 @@ use rlhf_lab::train::ppo::{run_ppo, PpoConfig, PpoRow};
 use rlhf_lab::train::run::{ResumeMode, RunOptions};
 use rlhf_lab::RlhfError;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 use tch::{Device, Kind, Tensor};
-
-/// libtorch's RNG and thread count are process-global: in-process runs take turns.
-static TORCH: Mutex<()> = Mutex::new(());
 
 /// A tiny SFT run and the ground-truth classifier, built once per test binary.
 struct Fixture {
@@ -93,7 +94,7 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 fn run_in(dir: &Path, text: &str) -> rlhf_lab::train::ppo::PpoSummary {
     let path = write_config(dir, text);
     let cfg = PpoConfig::from_file(&path).unwrap();
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = torch_lock();
     run_ppo(
         &cfg,
         &RunOptions {
@@ -108,43 +109,6 @@ fn run_in(dir: &Path, text: &str) -> rlhf_lab::train::ppo::PpoSummary {
 
 fn col(rows: &[PpoRow], name: &str) -> Vec<f64> {
     rows.iter().filter_map(|r| r.get(name)).collect()
-}
-
-fn latest_step(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("checkpoints/latest.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["step"].as_u64()
-}
-
-fn spawn(config: &Path, out: &Path, delay_ms: u64) -> std::process::Child {
-    Command::new(bin())
-        .args([
-            "ppo",
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ])
-        .arg(format!("--step-delay-ms={delay_ms}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_until(child: &mut std::process::Child, cond: impl Fn() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(120) {
-        if cond() {
-            return true;
-        }
-        if child.try_wait().unwrap().is_some() {
-            return cond();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    false
 }
 
 #[test]
@@ -231,7 +195,7 @@ fn sigkill_then_resume_gives_the_same_metrics_and_a_changed_config_is_refused() 
     let kdir = tmp.path().join("killed");
     let config = write_config(&kdir, &text);
     let out = kdir.join("run");
-    let mut child = spawn(&config, &out, 150);
+    let mut child = spawn("ppo", &config, &out, 150);
     assert!(
         wait_until(&mut child, || latest_step(&out).is_some()),
         "no checkpoint appeared"
@@ -245,7 +209,7 @@ fn sigkill_then_resume_gives_the_same_metrics_and_a_changed_config_is_refused() 
     child.wait().unwrap();
     let first = latest_step(&out).unwrap();
     assert!(first < 8, "the run finished before it could be killed");
-    let done = spawn(&config, &out, 0).wait_with_output().unwrap();
+    let done = spawn("ppo", &config, &out, 0).wait_with_output().unwrap();
     assert!(
         done.status.success(),
         "{}",
@@ -278,7 +242,7 @@ fn sigkill_then_resume_gives_the_same_metrics_and_a_changed_config_is_refused() 
 #[test]
 fn the_score_lands_on_the_last_real_response_token_of_sampled_rollouts() {
     let f = fixture();
-    let _g = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = torch_lock();
     let lm = LoadedLm::from_run(&f.dir.join("sft"), "sft_run", Device::Cpu).unwrap();
     let tok = &lm.tokenizer;
     let prompts: Vec<Vec<i64>> = [
