@@ -43,7 +43,7 @@ worked-example: setup-core
 
 # The small-scale reproduction (every sweep value, 3 seeds; hours on 2 cores; resumable).
 reproduce-small: setup-core
-	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- reproduce dpo-sentiment --scale small
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- reproduce dpo-sentiment --scale small --jobs 2
 
 test: setup
 	$(CARGO_ENV) $(CARGO) test --release --all-targets

@@ -26,6 +26,7 @@ fn quick_scale_end_to_end() {
         only: vec![],
         verbose: false,
         data_dir: None,
+        part: Default::default(),
     };
     let s = reproduce(&opts).expect("quick reproduction");
 

@@ -137,6 +137,13 @@ enum Command {
         /// No per-stage lines.
         #[arg(long)]
         quiet: bool,
+        /// Algorithm runs side by side, each in its own process (one libtorch thread each): the
+        /// upstream stages first, then `jobs` workers sharing the sweep, then the report.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Internal: run as one worker of `--jobs`.
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Best-of-N: N samples per held-out prompt from an SFT run, reranked by a scorer; reports the mean
     /// kept score beside the analytic KL log N − (N−1)/N (configs/best-of-n-*.toml).
@@ -365,6 +372,8 @@ pub fn main() -> ExitCode {
             out,
             only,
             quiet,
+            jobs,
+            worker,
         } => report_run((|| {
             if experiment != "dpo-sentiment" {
                 return Err(RlhfError::invalid(
@@ -372,19 +381,32 @@ pub fn main() -> ExitCode {
                     format!("unknown experiment {experiment:?} (known: dpo-sentiment)"),
                 ));
             }
-            use crate::pipeline::dpo_sentiment::{reproduce, ReproduceOptions};
-            let s = reproduce(&ReproduceOptions {
-                scale,
+            use crate::pipeline::dpo_sentiment::{reproduce, Part, ReproduceOptions};
+            crate::core::check::count_in("jobs", jobs, 1, 64)?;
+            let mut opts = ReproduceOptions {
+                scale: scale.clone(),
                 seeds,
-                out_dir: out,
-                only,
+                out_dir: out.clone(),
+                only: only.clone(),
                 verbose: !quiet,
                 data_dir: None,
-            })?;
+                part: if worker { Part::Worker } else { Part::All },
+            };
+            if worker {
+                reproduce(&opts)?;
+                return Ok(String::new());
+            }
+            if jobs > 1 {
+                opts.part = Part::Upstream;
+                reproduce(&opts)?;
+                run_reproduce_workers(&opts, jobs)?;
+                opts.part = Part::All;
+            }
+            let s = reproduce(&opts)?;
             let md = std::fs::read_to_string(s.out_dir.join("summary.md"))
                 .map_err(|e| RlhfError::io(s.out_dir.join("summary.md"), e))?;
             Ok(format!(
-                "{md}\nreport: {} (frontier.html, frontier.svg, frontier.csv, matched_kl.csv, summary.json, manifest.json)",
+                "{md}\nreport: {} (frontier.html, frontier.svg, frontier.csv, matched_kl.csv, samples.md, summary.json, manifest.json)",
                 s.out_dir.display()
             ))
         })()),
@@ -618,4 +640,45 @@ fn demo(as_json: bool) -> ExitCode {
             .collect::<Vec<_>>()
     );
     ExitCode::SUCCESS
+}
+
+/// `jobs` worker processes of this binary over one sweep (`reproduce --worker`), waited for; the claims
+/// of an earlier, killed sweep are cleared first.
+fn run_reproduce_workers(
+    opts: &crate::pipeline::dpo_sentiment::ReproduceOptions,
+    jobs: usize,
+) -> Result<(), RlhfError> {
+    use crate::pipeline::dpo_sentiment::{clear_claims, out_dir_for};
+    let out = out_dir_for(opts)?;
+    clear_claims(&out)?;
+    let exe = std::env::current_exe().map_err(|e| RlhfError::io("current_exe", e))?;
+    let mut children = Vec::new();
+    for _ in 0..jobs {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["reproduce", "dpo-sentiment", "--worker", "--scale", &opts.scale]);
+        cmd.arg("--out").arg(&out);
+        if let Some(n) = opts.seeds {
+            cmd.args(["--seeds", &n.to_string()]);
+        }
+        for a in &opts.only {
+            cmd.args(["--only", a]);
+        }
+        if !opts.verbose {
+            cmd.arg("--quiet");
+        }
+        children.push(cmd.spawn().map_err(|e| RlhfError::io(&exe, e))?);
+    }
+    let mut failed = Vec::new();
+    for (i, mut c) in children.into_iter().enumerate() {
+        let status = c.wait().map_err(|e| RlhfError::io(&exe, e))?;
+        if !status.success() {
+            failed.push(format!("worker {i}: {status}"));
+        }
+    }
+    clear_claims(&out)?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(RlhfError::invalid("jobs", failed.join("; ")))
+    }
 }

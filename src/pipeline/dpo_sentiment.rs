@@ -28,7 +28,7 @@ use crate::error::{Result, RlhfError};
 use crate::ground_truth::sentiment::{train_classifier_on, BowClassifier, ClassifierConfig};
 use crate::ground_truth::SentimentScorer;
 use crate::model::generate::{generate, GenerationConfig};
-use crate::pipeline::frontier::{matched_kl, upper_envelope, MatchedKl, Point};
+use crate::pipeline::frontier::{matched_kl, MatchedKl, Point};
 use crate::pipeline::stages::{StageTiming, Stages};
 use crate::train::lm::LoadedLm;
 use crate::train::prompts::{review_prefixes, PrefixConfig};
@@ -107,27 +107,29 @@ weight_decay = 0.1
 const SFT_SMALL: &str = r#"seed = 1
 threads = 1
 eval_interval = 100
-eval_batches = 20
+eval_batches = 10
 checkpoint_interval = 100
-log_interval = 5
-keep_checkpoints = 2
+log_interval = 10
+keep_checkpoints = 1
 [model]
-n_positions = 128
+n_positions = 64
 n_embd = 128
-n_layer = 4
+n_layer = 3
 n_head = 4
 dropout = 0.0
 [tokenizer]
-vocab_size = 8192
+vocab_size = 2048
 min_frequency = 2
 [data]
 source = "reviews"
-block_size = 128
+block_size = 64
+max_train_docs = 12000
+max_val_docs = 400
 [optim]
 lr = 3e-3
 min_lr = 3e-4
-warmup_steps = 60
-max_steps = 1200
+warmup_steps = 40
+max_steps = 800
 batch_size = 16
 grad_clip = 1.0
 weight_decay = 0.1
@@ -192,18 +194,18 @@ impl Scale {
                 name: "small",
                 sft: SFT_SMALL,
                 n_prefixes: 1000,
-                max_new_tokens: 32,
+                max_new_tokens: 24,
                 eval_prompts: 128,
-                rm_steps: 300,
+                rm_steps: 400,
                 dpo_steps: 200,
-                dpo_eval_interval: 25,
+                dpo_eval_interval: 10,
                 dpo_lr: 5e-4,
                 dpo_betas: &[0.05, 0.1, 1.0, 5.0],
                 ipo_betas: &[0.1],
                 cdpo: &[(0.1, 0.1)],
                 ul_alphas: &[0.05, 0.1, 0.5, 1.0],
-                ppo_iterations: 60,
-                ppo_eval_interval: 10,
+                ppo_iterations: 40,
+                ppo_eval_interval: 4,
                 ppo_batch: 32,
                 ppo_targets: &[3.0, 6.0, 9.0, 12.0],
                 ppo_gt_tuned: true,
@@ -257,6 +259,73 @@ pub struct ReproduceOptions {
     pub verbose: bool,
     /// Data directory (default [`crate::data::data_dir`]).
     pub data_dir: Option<PathBuf>,
+    /// What this process does (parallel sweeps: see [`Part`]).
+    pub part: Part,
+}
+
+/// The part of the experiment one process runs. A parallel sweep is one `Upstream` call, then `n`
+/// `Worker` processes side by side, then one `All` call that finds every stage cached and writes the
+/// report (the CLI's `--jobs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Part {
+    /// Every stage, then the report.
+    #[default]
+    All,
+    /// SFT, ground truth, pairs and reward models only (what every algorithm run reads).
+    Upstream,
+    /// The algorithm runs not done and not claimed by another worker: a worker claims a run by creating
+    /// `claimed` in its stage directory (`create_new`, atomic), so workers share the sweep without a
+    /// coordinator. No report.
+    Worker,
+}
+
+/// Removes the claims of earlier workers under an output root (call it when no worker is running: a
+/// killed sweep leaves its claims behind).
+pub fn clear_claims(out_dir: &Path) -> Result<usize> {
+    let stages = out_dir.join("stages");
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(&stages) else {
+        return Ok(0);
+    };
+    for e in entries.flatten() {
+        let claim = e.path().join(CLAIM_FILE);
+        if claim.is_file() {
+            std::fs::remove_file(&claim).map_err(|err| RlhfError::io(&claim, err))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+const CLAIM_FILE: &str = "claimed";
+
+/// In a worker: whether this process should run the stage (done stages are read from the cache by
+/// everyone; an undone one only by the worker that claims it first).
+fn claim(st: &Stages, part: Part, name: &str, cfg: &serde_json::Value) -> Result<bool> {
+    if part != Part::Worker || st.is_done(name, cfg) {
+        return Ok(true);
+    }
+    let dir = st.dir(name, cfg);
+    std::fs::create_dir_all(&dir).map_err(|e| RlhfError::io(&dir, e))?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dir.join(CLAIM_FILE))
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(RlhfError::io(dir.join(CLAIM_FILE), e)),
+    }
+}
+
+/// The output root of a scale (default `reports/dpo-sentiment/<scale>`).
+pub fn out_dir_for(opts: &ReproduceOptions) -> Result<PathBuf> {
+    let scale = Scale::named(&opts.scale)?;
+    Ok(opts.out_dir.clone().unwrap_or_else(|| {
+        crate::io::project_root()
+            .join("reports/dpo-sentiment")
+            .join(scale.name)
+    }))
 }
 
 /// The algorithm families, as plotted.
@@ -286,9 +355,23 @@ pub struct ReproduceSummary {
     pub rm_kwise_accuracy: f64,
     pub sft_reward: f64,
     pub points: Vec<Point>,
+    /// The run directory of every (algorithm, setting, seed): where its evaluation samples are.
+    #[serde(default)]
+    pub runs: Vec<RunSource>,
     pub matched: Vec<MatchedKl>,
     pub timings: Vec<StageTiming>,
     pub wall_s: f64,
+}
+
+/// Where the points of one run come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSource {
+    pub algorithm: String,
+    pub setting: String,
+    pub seed: u64,
+    /// A trainer's run directory (samples in `eval/step-<step>.jsonl`) or a Best-of-N output directory
+    /// (`samples.jsonl`).
+    pub dir: PathBuf,
 }
 
 /// The preference data.
@@ -563,6 +646,12 @@ fn ppo_specs(scale: &Scale) -> Vec<PpoSpec> {
     v
 }
 
+/// Checkpoints of a sweep run: about four per run (a killed run loses at most a quarter), and never more
+/// often than it evaluates.
+fn checkpoint_interval(steps: u64, eval_interval: u64) -> u64 {
+    (steps / 4).max(eval_interval).max(1)
+}
+
 fn eval_section(scale: &Scale, gt_dir: &Path) -> String {
     format!(
         "[eval]\nprompts = {}\nmax_new_tokens = {}\nground_truth = {}\nseed = 7\n",
@@ -588,11 +677,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     }
     let wanted = |a: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == a);
     let data_dir = opts.data_dir.clone().unwrap_or_else(crate::data::data_dir);
-    let out = opts.out_dir.clone().unwrap_or_else(|| {
-        crate::io::project_root()
-            .join("reports/dpo-sentiment")
-            .join(scale.name)
-    });
+    let out = out_dir_for(opts)?;
     let mut st = Stages::new(out.join("stages"), opts.verbose)?;
     let say = |m: String| {
         if opts.verbose {
@@ -692,11 +777,24 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
         say(format!("{name}: held-out pair accuracy {:.4}", rm_acc[i]));
     }
     let rm_run = rm_runs[0].clone();
+    // Upstream only: no algorithm run.
+    let run_seeds = if opts.part == Part::Upstream {
+        0
+    } else {
+        seeds as u64
+    };
 
     // 5.–6. The DPO family and PPO, per seed.
     let mut points: Vec<Point> = Vec::new();
+    let mut runs: Vec<RunSource> = Vec::new();
     let push_points =
-        |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>| {
+        |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>, runs: &mut Vec<RunSource>| {
+            runs.push(RunSource {
+                algorithm: alg.into(),
+                setting: setting.into(),
+                seed,
+                dir: rp.run_dir.clone(),
+            });
             for (step, kl, reward) in rp.points() {
                 points.push(Point {
                     algorithm: alg.into(),
@@ -709,7 +807,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
             }
         };
     let mut sft_reward = f64::NAN;
-    for seed in 0..seeds as u64 {
+    for seed in 0..run_seeds {
         for spec in dpo_specs(&scale)
             .into_iter()
             .filter(|s| wanted(s.algorithm))
@@ -720,7 +818,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 seed + 1,
                 toml_path(&sft_run),
                 scale.dpo_eval_interval,
-                scale.dpo_eval_interval,
+                checkpoint_interval(scale.dpo_steps, scale.dpo_eval_interval),
                 toml_path(&pairs.pairs_path),
                 spec.loss,
                 scale.dpo_lr,
@@ -735,6 +833,9 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 spec.algorithm.to_lowercase(),
                 spec.setting.replace(['=', ','], "_")
             );
+            if !claim(&st, opts.part, &name, &cfg)? {
+                continue;
+            }
             let rp: RunPoints = st.run(&name, &cfg, |dir| {
                 let p = write_toml(dir, &text)?;
                 let c = crate::train::dpo::DpoTrainConfig::from_file(&p)?;
@@ -748,7 +849,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 Ok(RunPoints::new(s.run_dir.clone(), eval_points(&s.run_dir)?))
             })?;
             say(format!("{name}: {} points", rp.bits.len()));
-            push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points);
+            push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points, &mut runs);
         }
         for spec in ppo_specs(&scale)
             .into_iter()
@@ -772,7 +873,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 if spec.tuned { "running" } else { "none" },
                 scale.max_new_tokens,
                 scale.ppo_eval_interval,
-                scale.ppo_eval_interval,
+                checkpoint_interval(scale.ppo_iterations, scale.ppo_eval_interval),
                 eval_section(&scale, &gt_dir),
                 spec.target,
                 scale.ppo_iterations,
@@ -783,6 +884,9 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 spec.algorithm.to_lowercase().replace([' ', '(', ')'], ""),
                 spec.setting.replace('=', "_")
             );
+            if !claim(&st, opts.part, &name, &cfg)? {
+                continue;
+            }
             let rp: RunPoints = st.run(&name, &cfg, |dir| {
                 let p = write_toml(dir, &text)?;
                 let c = crate::train::ppo::PpoConfig::from_file(&p)?;
@@ -796,7 +900,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 Ok(RunPoints::new(s.run_dir.clone(), eval_points(&s.run_dir)?))
             })?;
             say(format!("{name}: {} points", rp.bits.len()));
-            push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points);
+            push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points, &mut runs);
         }
         // 7. Best-of-N with the learned RM and with the ground truth.
         for (alg, scorer) in [
@@ -827,6 +931,9 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 "{}-seed{seed}",
                 alg.to_lowercase().replace([' ', '(', ')'], "")
             );
+            if !claim(&st, opts.part, &name, &cfg)? {
+                continue;
+            }
             let rp: RunPoints = st.run(&name, &cfg, |dir| {
                 let p = write_toml(dir, &text)?;
                 let c = crate::train::best_of_n::BestOfNConfig::from_file(&p)?;
@@ -851,6 +958,12 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                     .collect();
                 Ok(RunPoints::new(s.out_dir, pts))
             })?;
+            runs.push(RunSource {
+                algorithm: alg.into(),
+                setting: "-".into(),
+                seed,
+                dir: rp.run_dir.clone(),
+            });
             for (n, kl, reward) in rp.points() {
                 points.push(Point {
                     algorithm: alg.into(),
@@ -887,16 +1000,138 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
         rm_kwise_accuracy: rm_acc[1],
         sft_reward,
         points,
+        runs,
         matched,
         timings,
         wall_s: t0.elapsed().as_secs_f64(),
     };
-    write_frontier_report(&summary, &scale)?;
+    if opts.part == Part::All {
+        write_frontier_report(&summary, &scale)?;
+    }
     Ok(summary)
 }
 
-/// `frontier.csv`, `matched_kl.csv`, `summary.json`, `summary.md`, `frontier.html`, `frontier.svg` and
-/// `manifest.json` in the output root.
+/// Points of KL grid on which the figure's mean line and band are drawn.
+const BAND_GRID: usize = 60;
+
+/// One algorithm of the figure: every point, and — on a KL grid where every seed's envelope reaches —
+/// the mean of the per-seed upper envelopes with a ± 1 std band ([`matched_kl`], the summary's numbers).
+fn frontier_series(points: &[Point], algorithm: &str) -> report::XySeries {
+    let own: Vec<Point> = points
+        .iter()
+        .filter(|x| x.algorithm == algorithm)
+        .cloned()
+        .collect();
+    let mut seeds: Vec<u64> = own.iter().map(|x| x.seed).collect();
+    seeds.sort();
+    seeds.dedup();
+    let kl_max = own
+        .iter()
+        .map(|x| x.kl)
+        .filter(|k| k.is_finite())
+        .fold(0.0f64, f64::max);
+    let mut grid: Vec<f64> = (0..=BAND_GRID)
+        .map(|i| kl_max * i as f64 / BAND_GRID as f64)
+        .collect();
+    // The points' own KLs too, so the line passes through the envelope's corners.
+    grid.extend(own.iter().map(|x| x.kl).filter(|k| k.is_finite()));
+    grid.sort_by(f64::total_cmp);
+    grid.dedup();
+    let (mut line, mut band) = (Vec::new(), Vec::new());
+    for m in matched_kl(&own, &grid) {
+        if let (Some(mu), Some(sd), true) = (m.mean, m.std, m.n_seeds == seeds.len()) {
+            line.push((m.kl, mu));
+            if seeds.len() > 1 {
+                band.push((m.kl, mu - sd, mu + sd));
+            }
+        }
+    }
+    report::XySeries {
+        name: algorithm.to_string(),
+        points: own.iter().map(|x| (x.kl, x.reward)).collect(),
+        line,
+        line_label: if seeds.len() > 1 {
+            format!("mean envelope ± std, {} seeds", seeds.len())
+        } else {
+            "envelope".into()
+        },
+        band,
+    }
+}
+
+/// KL (nats) at which `samples.md` shows each algorithm's texts.
+pub const SAMPLES_AT_KL: f64 = 2.0;
+const SAMPLES_PER_ALGORITHM: usize = 4;
+
+/// `samples.md`: per algorithm, the first held-out texts of the seed-0 evaluation whose KL is closest to
+/// [`SAMPLES_AT_KL`] (a trainer's `eval/step-<step>.jsonl`; for Best-of-N the kept candidate of the N
+/// closest to it).
+fn write_samples(s: &ReproduceSummary, algs: &[&str]) -> Result<()> {
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let one_line = |t: &str| t.replace(['\n', '\r'], " ").replace('|', "\\|");
+    let mut md = format!(
+        "# Samples at comparable KL\n\nPer algorithm: the first {SAMPLES_PER_ALGORITHM} held-out prompts of the \
+         evaluation (seed 0) whose sequence KL is closest to {SAMPLES_AT_KL} nats. **Bold**: the prompt; \
+         reward: p(positive) of the ground-truth classifier.\n"
+    );
+    for a in algs {
+        let Some(p) = s
+            .points
+            .iter()
+            .filter(|x| x.algorithm == *a && x.seed == 0)
+            .min_by(|x, y| {
+                (x.kl - SAMPLES_AT_KL)
+                    .abs()
+                    .total_cmp(&(y.kl - SAMPLES_AT_KL).abs())
+            })
+        else {
+            continue;
+        };
+        let bon = a.starts_with("Best-of-N");
+        let Some(src) = s.runs.iter().find(|r| {
+            r.algorithm == p.algorithm && r.seed == p.seed && (bon || r.setting == p.setting)
+        }) else {
+            continue;
+        };
+        let mut rows: Vec<(String, String, f64)> = Vec::new();
+        let file = if bon {
+            src.dir.join("samples.jsonl")
+        } else {
+            src.dir.join("eval").join(format!("step-{:06}.jsonl", p.step))
+        };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue; // runs from before samples were saved
+        };
+        for line in text.lines().take(SAMPLES_PER_ALGORITHM) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| RlhfError::format(&file, "samples JSONL", e))?;
+            let prompt = v["prompt"].as_str().unwrap_or("").to_string();
+            let (response, score) = if bon {
+                let k = v["kept"][p.step.to_string()].as_u64().unwrap_or(0) as usize;
+                let c = &v["candidates"][k];
+                (c["response"].as_str().unwrap_or(""), c["ground_truth"].as_f64())
+            } else {
+                (v["response"].as_str().unwrap_or(""), v["score"].as_f64())
+            };
+            rows.push((prompt, response.to_string(), score.map_or(f64::NAN, sigmoid)));
+        }
+        md.push_str(&format!(
+            "\n## {a} — {}, step {}: KL {:.2}, mean reward {:.3}\n\n| reward | text |\n|---|---|\n",
+            p.setting, p.step, p.kl, p.reward
+        ));
+        for (prompt, response, r) in rows {
+            md.push_str(&format!(
+                "| {r:.3} | **{}**{} |\n",
+                one_line(&prompt),
+                one_line(&response)
+            ));
+        }
+    }
+    crate::io::atomic_write(s.out_dir.join("samples.md"), md.as_bytes())
+}
+
+/// `frontier.csv`, `matched_kl.csv`, `summary.json`, `summary.md`, `samples.md`, `frontier.html`,
+/// `frontier.svg` and `manifest.json` in the output root.
 fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
     use polars::prelude::{Column, DataFrame};
     let out = &s.out_dir;
@@ -955,21 +1190,7 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
         .filter(|a| p.iter().any(|x| x.algorithm == *a))
         .collect();
     algs.dedup();
-    let series: Vec<report::XySeries> = algs
-        .iter()
-        .map(|a| {
-            let pts: Vec<(f64, f64)> = p
-                .iter()
-                .filter(|x| x.algorithm == *a)
-                .map(|x| (x.kl, x.reward))
-                .collect();
-            report::XySeries {
-                name: a.to_string(),
-                points: pts.clone(),
-                line: upper_envelope(&pts),
-            }
-        })
-        .collect();
+    let series: Vec<report::XySeries> = algs.iter().map(|a| frontier_series(p, a)).collect();
     let title = format!("Reward–KL frontier, {} scale, {} seed(s)", s.scale, s.seeds);
     report::write_xy_figure(
         &out.join("frontier"),
@@ -1030,6 +1251,7 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
         ));
     }
     crate::io::atomic_write(out.join("summary.md"), md.as_bytes())?;
+    write_samples(s, &algs)?;
 
     let mut manifest = RunManifest::new(
         &format!("dpo-sentiment-{}", s.scale),

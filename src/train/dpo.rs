@@ -818,7 +818,11 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
         )?
         .means();
         let g = match (&evaluator, &eval_reference) {
-            (Some(ev), Some(r)) => Some(ev.run(model, r.lm(), &policy.tokenizer)?.columns()),
+            (Some(ev), Some(r)) => {
+                let res = ev.run(model, r.lm(), &policy.tokenizer)?;
+                res.save_samples(&run.dir, 0)?;
+                Some(res.columns())
+            }
             _ => None,
         };
         run.push(row(0, 0, None, Some(e), g));
@@ -902,6 +906,7 @@ pub fn run_dpo(cfg: &DpoTrainConfig, opts: &RunOptions) -> Result<DpoSummary> {
             let g = match (&evaluator, &eval_reference, do_eval) {
                 (Some(ev), Some(r), true) => {
                     let res = ev.run(model, r.lm(), &policy.tokenizer)?;
+                    res.save_samples(&run.dir, step)?;
                     run.say(format!(
                         "step {step}: held-out score {:.3} (σ {:.3}), exact KL {:.3}",
                         res.score_mean, res.score_sigmoid_mean, res.kl_exact

@@ -87,6 +87,32 @@ pub struct EvalResult {
     pub samples: Vec<EvalSample>,
 }
 
+impl EvalResult {
+    /// The samples of an evaluation at `step`, one JSON object per line (prompt, response, score,
+    /// exact sequence KL), in `<run_dir>/eval/step-<step>.jsonl`: what the texts of a point of a
+    /// reward–KL frontier look like.
+    pub fn save_samples(&self, run_dir: &Path, step: u64) -> Result<()> {
+        let body: String = self
+            .samples
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "prompt": s.prompt,
+                    "response": s.response,
+                    "score": s.score,
+                    "kl_exact": s.kl_exact,
+                })
+                .to_string()
+                    + "\n"
+            })
+            .collect();
+        crate::io::atomic_write(
+            run_dir.join("eval").join(format!("step-{step:06}.jsonl")),
+            body.as_bytes(),
+        )
+    }
+}
+
 /// Distinct-n over a set of token sequences: the number of distinct n-grams divided by the number of
 /// n-grams (0 when there is none).
 pub fn distinct_n(seqs: &[Vec<i64>], n: usize) -> f64 {

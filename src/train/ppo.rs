@@ -626,6 +626,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
     let mut last_eval = None;
     if step == 0 {
         let ev = evaluator.run(actor.lm(), reference.lm(), &tok)?;
+        ev.save_samples(&run.dir, 0)?;
         let mut values = [None; 24];
         eval_row(&ev, &mut values);
         run.push(PpoRow {
@@ -913,6 +914,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
         let is_last = step == max_steps;
         if step % cfg.eval_interval == 0 || is_last {
             let ev = evaluator.run(actor.lm(), reference.lm(), &tok)?;
+            ev.save_samples(&run.dir, step)?;
             eval_row(&ev, &mut values);
             run.say(format!(
                 "iteration {step}: score {score_mean:.3}, KL {kl_mean:.3}, β {beta:.4}; held-out score {:.3} (σ {:.3}), exact KL {:.3}",

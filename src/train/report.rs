@@ -438,12 +438,22 @@ mod tests {
     }
 }
 
-/// One named series of an x–y figure: its points (markers) and an optional line (e.g. an envelope).
-#[derive(Debug, Clone)]
+/// One named series of an x–y figure: its points (markers), an optional line (e.g. a mean envelope)
+/// and an optional shaded band `(x, low, high)` around it (e.g. ± one standard deviation over seeds).
+#[derive(Debug, Clone, Default)]
 pub struct XySeries {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub line: Vec<(f64, f64)>,
+    /// What the line is, for the legend (`"envelope"`, `"mean over seeds"`, …).
+    pub line_label: String,
+    pub band: Vec<(f64, f64, f64)>,
+}
+
+/// `#rrggbb` → `rgba(r, g, b, alpha)`.
+fn rgba(hex: &str, alpha: f64) -> String {
+    let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0);
+    format!("rgba({}, {}, {}, {alpha})", c(1), c(3), c(5))
 }
 
 const PALETTE: [&str; 10] = [
@@ -460,17 +470,40 @@ pub fn write_xy_figure(
     y_title: &str,
     series: &[XySeries],
 ) -> Result<()> {
-    use plotly::common::{Marker, Mode, Title};
+    use plotly::common::{Fill, Line, Marker, Mode, Title};
     use plotly::layout::{Axis, Layout};
     use plotly::{Plot, Scatter};
     let mut plot = Plot::new();
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        if !s.band.is_empty() {
+            // The high edge, then the low edge filled up to it.
+            let x: Vec<f64> = s.band.iter().map(|b| b.0).collect();
+            for (k, y) in [
+                s.band.iter().map(|b| b.2).collect::<Vec<f64>>(),
+                s.band.iter().map(|b| b.1).collect(),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let mut tr = Scatter::new(x.clone(), y)
+                    .mode(Mode::Lines)
+                    .name(format!("{} (band)", s.name))
+                    .legend_group(&s.name)
+                    .show_legend(false)
+                    .line(Line::new().width(0.0).color(color));
+                if k == 1 {
+                    tr = tr.fill(Fill::ToNextY).fill_color(rgba(color, 0.18));
+                }
+                plot.add_trace(tr);
+            }
+        }
         let (x, y): (Vec<f64>, Vec<f64>) = s.points.iter().copied().unzip();
         plot.add_trace(
             Scatter::new(x, y)
                 .mode(Mode::Markers)
                 .name(&s.name)
+                .legend_group(&s.name)
                 .marker(Marker::new().color(color).opacity(0.5)),
         );
         if !s.line.is_empty() {
@@ -478,7 +511,8 @@ pub fn write_xy_figure(
             plot.add_trace(
                 Scatter::new(x, y)
                     .mode(Mode::Lines)
-                    .name(format!("{} (envelope)", s.name))
+                    .name(format!("{} ({})", s.name, s.line_label))
+                    .legend_group(&s.name)
                     .marker(Marker::new().color(color)),
             );
         }
@@ -508,8 +542,14 @@ pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) ->
     let (l, r, t, b) = (70.0, 210.0, 40.0, 55.0);
     let all: Vec<(f64, f64)> = series
         .iter()
-        .flat_map(|s| s.points.iter().chain(&s.line))
-        .copied()
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .chain(&s.line)
+                .copied()
+                .chain(s.band.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
+                .collect::<Vec<_>>()
+        })
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect();
     let (mut x0, mut x1, mut y0, mut y1) = (0.0f64, 1.0f64, 0.0f64, 1.0f64);
@@ -567,6 +607,19 @@ pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) ->
     ));
     for (i, se) in series.iter().enumerate() {
         let c = PALETTE[i % PALETTE.len()];
+        if se.band.len() > 1 {
+            let pts: Vec<String> = se
+                .band
+                .iter()
+                .map(|&(x, _, hi)| (x, hi))
+                .chain(se.band.iter().rev().map(|&(x, lo, _)| (x, lo)))
+                .map(|(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+                .collect();
+            s.push_str(&format!(
+                "<polygon points=\"{}\" fill=\"{c}\" fill-opacity=\"0.15\" stroke=\"none\"/>\n",
+                pts.join(" ")
+            ));
+        }
         for &(x, y) in se
             .points
             .iter()
