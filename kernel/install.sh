@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent kernel set-up for the rlhf-lab notebooks (run by `make setup` after scripts/setup.sh):
 #   1. pinned Jupyter (JupyterLab, nbclient/nbconvert for headless runs, plotly + kaleido for the static
-#      SVG copies of figures) into the project virtualenv `.venv`;
+#      SVG copies of figures, latex2mathml for the formulas of the HTML exports) into the project
+#      virtualenv `.venv`;
 #   2. a pinned evcxr_jupyter built with `cargo install --locked` into the machine's cache
 #      ($RLHF_LAB_CACHE/evcxr_jupyter-<version>, scripts/cache.sh): built once per machine and version;
 #   3. a kernel spec "Rust (rlhf-lab)" (name `rlhf-lab`) in `.venv/share/jupyter/kernels/`, whose `env`
@@ -27,6 +28,9 @@ PY_PINS=(
   # figures interactively, also offline.
   "plotly==5.24.1"
   "kaleido==0.2.1"
+  # LaTeX → MathML for the offline HTML exports (kernel/run_notebooks.py): pure Python, no network at export
+  # or view time; browsers render MathML natively.
+  "latex2mathml==3.81.1"
 )
 PY_STAMP="$VENV/.rlhf-lab-jupyter-$(printf '%s\n' "${PY_PINS[@]}" | sha256sum | cut -c1-12)"
 
