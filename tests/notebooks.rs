@@ -6,13 +6,14 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const EXPECTED: [&str; 6] = [
+const EXPECTED: [&str; 7] = [
     "01-gae-worked-example.ipynb",
     "02-policy-gradient-to-ppo.ipynb",
     "03-reward-model-bradley-terry.ipynb",
     "04-dpo-from-rlhf.ipynb",
     "05-ppo-rlhf-loop.ipynb",
     "06-data-models-reward.ipynb",
+    "07-dpo-sentiment-frontier.ipynb",
 ];
 
 fn notebooks() -> Vec<PathBuf> {
@@ -121,7 +122,7 @@ fn problems(path: &Path) -> Vec<String> {
 }
 
 #[test]
-fn all_six_notebooks_are_present() {
+fn all_seven_notebooks_are_present() {
     let names: Vec<String> = notebooks()
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())

@@ -2,9 +2,10 @@
 //! dpo-sentiment --scale quick`): every stage's files exist and parse; DPO (β = 0.1) raises the mean
 //! ground-truth reward on test prefixes above the SFT model's; over the DPO β sweep the final KL falls
 //! as β grows; Best-of-N's points sit at its analytic KL; the learned RM beats chance on held-out pairs;
-//! a rerun recomputes nothing and gives the same table; bad input is a clear error.
+//! a rerun recomputes nothing and gives the same table; a run claimed by another worker is left to it;
+//! bad input is a clear error.
 
-use rlhf_lab::pipeline::dpo_sentiment::{reproduce, ReproduceOptions};
+use rlhf_lab::pipeline::dpo_sentiment::{clear_claims, reproduce, Part, ReproduceOptions};
 use rlhf_lab::pipeline::frontier::Point;
 use std::path::Path;
 use std::process::Command;
@@ -39,6 +40,7 @@ fn quick_scale_end_to_end() {
         "frontier.html",
         "frontier.svg",
         "manifest.json",
+        "samples.md",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
@@ -53,6 +55,23 @@ fn quick_scale_end_to_end() {
         .iter()
         .all(|p| p.score_chosen > p.score_rejected && p.chosen != p.rejected));
     assert!(s.timings.iter().all(|t| t.dir.join("done.json").is_file()));
+    // Every evaluation of every trainer run left its samples, and samples.md shows each algorithm.
+    for r in s.runs.iter().filter(|r| !r.algorithm.starts_with("Best-of-N")) {
+        for p in s.points.iter().filter(|p| {
+            p.algorithm == r.algorithm && p.setting == r.setting && p.seed == r.seed
+        }) {
+            let f = r.dir.join("eval").join(format!("step-{:06}.jsonl", p.step));
+            let n = std::fs::read_to_string(&f)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+                .lines()
+                .count();
+            assert_eq!(n, 128, "{}", f.display());
+        }
+    }
+    let samples = std::fs::read_to_string(out.join("samples.md")).unwrap();
+    for alg in ["DPO", "PPO-GT", "Best-of-N (GT)"] {
+        assert!(samples.contains(&format!("## {alg} —")), "samples.md lacks {alg}");
+    }
 
     // DPO β = 0.1 raises the held-out reward above the SFT model's.
     let dpo = points(&s.points, "DPO", "beta=0.1");
@@ -115,6 +134,37 @@ fn quick_scale_end_to_end() {
     std::fs::remove_file(dpo_dir.join("done.json")).unwrap();
     let third = reproduce(&opts).unwrap();
     let redone: Vec<&str> = third
+        .timings
+        .iter()
+        .filter(|t| !t.cached)
+        .map(|t| t.stage.as_str())
+        .collect();
+    assert_eq!(redone, ["dpo-beta_1-seed0"]);
+    assert_eq!(
+        table,
+        std::fs::read_to_string(out.join("frontier.csv")).unwrap()
+    );
+
+    // Parallel sweeps: a worker leaves a run claimed by another worker alone (and writes no report);
+    // once the claims are cleared, the final pass runs it.
+    std::fs::remove_file(dpo_dir.join("done.json")).unwrap();
+    std::fs::write(dpo_dir.join("claimed"), b"").unwrap();
+    std::fs::remove_file(out.join("summary.md")).unwrap();
+    let worker = reproduce(&ReproduceOptions {
+        part: Part::Worker,
+        ..opts.clone()
+    })
+    .unwrap();
+    assert!(worker.timings.iter().all(|t| t.cached));
+    assert!(!worker
+        .timings
+        .iter()
+        .any(|t| t.stage == "dpo-beta_1-seed0"));
+    assert!(!dpo_dir.join("done.json").exists());
+    assert!(!out.join("summary.md").exists(), "a worker wrote the report");
+    assert_eq!(clear_claims(&out).unwrap(), 1);
+    let last = reproduce(&opts).unwrap();
+    let redone: Vec<&str> = last
         .timings
         .iter()
         .filter(|t| !t.cached)

@@ -1011,6 +1011,35 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     Ok(summary)
 }
 
+/// The figure's axes (the paper's Figure 2).
+pub const FRONTIER_AXES: (&str, &str) = (
+    "sequence KL(π ‖ π_ref), nats",
+    "mean reward p(positive) on test prefixes",
+);
+
+fn frontier_title(s: &ReproduceSummary) -> String {
+    format!("Reward–KL frontier, {} scale, {} seed(s)", s.scale, s.seeds)
+}
+
+/// Every algorithm of `points` as a figure series, in [`ALGORITHMS`] order.
+pub fn frontier_figure_series(points: &[Point]) -> Vec<report::XySeries> {
+    ALGORITHMS
+        .iter()
+        .filter(|a| points.iter().any(|x| x.algorithm == **a))
+        .map(|a| frontier_series(points, a))
+        .collect()
+}
+
+/// The frontier figure of a summary (what `frontier.html` shows), for a notebook.
+pub fn frontier_plot(s: &ReproduceSummary) -> plotly::Plot {
+    report::xy_plot(
+        &frontier_title(s),
+        FRONTIER_AXES.0,
+        FRONTIER_AXES.1,
+        &frontier_figure_series(&s.points),
+    )
+}
+
 /// Points of KL grid on which the figure's mean line and band are drawn.
 const BAND_GRID: usize = 60;
 
@@ -1190,21 +1219,20 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
         .filter(|a| p.iter().any(|x| x.algorithm == *a))
         .collect();
     algs.dedup();
-    let series: Vec<report::XySeries> = algs.iter().map(|a| frontier_series(p, a)).collect();
-    let title = format!("Reward–KL frontier, {} scale, {} seed(s)", s.scale, s.seeds);
+    let title = frontier_title(s);
     report::write_xy_figure(
         &out.join("frontier"),
         &title,
-        "sequence KL(π ‖ π_ref), nats",
-        "mean reward p(positive) on test prefixes",
-        &series,
+        FRONTIER_AXES.0,
+        FRONTIER_AXES.1,
+        &frontier_figure_series(p),
     )?;
 
     // summary.md: the table of reward at matched KL.
     let mut md = format!(
         "# {title}\n\nSFT validation perplexity {:.1}; ground-truth classifier test accuracy {:.4}; {} preference pairs \
          ({} ranked groups of 4) from {} prefixes; reward model held-out pair accuracy: pairwise {:.4}, K-wise {:.4}; \
-         SFT policy reward {:.4}. Wall time {:.0} s.\n\n| algorithm |",
+         SFT policy reward {:.4}. Stages' compute time {:.0} s (summed as each ran); this call {:.0} s.\n\n| algorithm |",
         s.sft_val_ppl,
         s.ground_truth_test_accuracy,
         s.pairs.pairs,
@@ -1213,6 +1241,7 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
         s.rm_pairwise_accuracy,
         s.rm_kwise_accuracy,
         s.sft_reward,
+        s.timings.iter().map(|t| t.wall_s).sum::<f64>(),
         s.wall_s
     );
     for k in MATCHED_KL {
@@ -1264,4 +1293,53 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
     manifest.results.insert("wall_s".into(), json!(s.wall_s));
     manifest.results.insert("seeds".into(), json!(s.seeds));
     manifest.save(out.join("manifest.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(alg: &str, seed: u64, kl: f64, reward: f64) -> Point {
+        Point {
+            algorithm: alg.into(),
+            setting: "-".into(),
+            seed,
+            step: 0,
+            kl,
+            reward,
+        }
+    }
+
+    #[test]
+    fn figure_line_is_the_seed_mean_where_every_seed_reaches_and_the_band_its_std() {
+        // Seed 0 reaches KL 4, seed 1 only KL 2: the line and band stop at 2.
+        let pts = vec![
+            p("DPO", 0, 0.0, 0.5),
+            p("DPO", 0, 2.0, 0.9),
+            p("DPO", 0, 4.0, 1.0),
+            p("DPO", 1, 0.0, 0.5),
+            p("DPO", 1, 2.0, 0.7),
+            p("PPO", 0, 1.0, 0.6),
+        ];
+        let s = frontier_series(&pts, "DPO");
+        assert_eq!(s.points.len(), 5);
+        assert!(s.line.iter().all(|&(x, _)| x <= 2.0));
+        let at2 = s.line.iter().find(|&&(x, _)| x == 2.0).unwrap().1;
+        assert!((at2 - 0.8).abs() < 1e-12);
+        let (_, lo, hi) = *s.band.iter().find(|b| b.0 == 2.0).unwrap();
+        let sd = (0.02f64).sqrt(); // sample std of {0.9, 0.7}
+        assert!((hi - lo - 2.0 * sd).abs() < 1e-12 && (lo - (0.8 - sd)).abs() < 1e-12);
+        assert_eq!(s.band.len(), s.line.len());
+        // One seed: the line is that seed's envelope, and there is no band.
+        let one = frontier_series(&pts, "PPO");
+        assert!(one.band.is_empty());
+        assert_eq!(one.line, vec![(1.0, 0.6)]);
+        assert_eq!(
+            frontier_figure_series(&pts)
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["DPO", "PPO"]
+        );
+    }
 }

@@ -472,7 +472,10 @@ struct PpoState {
 
 /// Teacher-forced outputs of `model` on the response part of `seq` `(B, P + N)`: logits `(B, N, V)` and
 /// values `(B, N)` (`V(s_t)`, the state before response token t). Position `P − 1 + t` predicts token t.
-fn response_outputs(
+/// The response positions' `(B, N, V)` next-token logits and `(B, N)` values of `model` on a rollout
+/// (`seq` = left-padded prompt ‖ response, `P` prompt and `N` response columns): the hidden state at
+/// position `P − 1 + t` predicts response token `t` (and is where its value is read).
+pub fn response_outputs(
     model: &dyn RlhfLm,
     seq: &Tensor,
     attention_mask: &Tensor,

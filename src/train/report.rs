@@ -470,6 +470,22 @@ pub fn write_xy_figure(
     y_title: &str,
     series: &[XySeries],
 ) -> Result<()> {
+    let plot = xy_plot(title, x_title, y_title, series);
+    let html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n{js}\n</head>\n<body>\n{fig}\n</body>\n</html>\n",
+        t = html_escape(title),
+        js = plotly::Plot::offline_js_sources(),
+        fig = plot.to_inline_html(Some("figure")),
+    );
+    crate::io::atomic_write(stem.with_extension("html"), html.as_bytes())?;
+    crate::io::atomic_write(
+        stem.with_extension("svg"),
+        svg_xy(title, x_title, y_title, series).as_bytes(),
+    )
+}
+
+/// The plotly figure of [`write_xy_figure`] (for a notebook to show).
+pub fn xy_plot(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) -> plotly::Plot {
     use plotly::common::{Fill, Line, Marker, Mode, Title};
     use plotly::layout::{Axis, Layout};
     use plotly::{Plot, Scatter};
@@ -523,17 +539,7 @@ pub fn write_xy_figure(
             .x_axis(Axis::new().title(Title::with_text(x_title)))
             .y_axis(Axis::new().title(Title::with_text(y_title))),
     );
-    let html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n{js}\n</head>\n<body>\n{fig}\n</body>\n</html>\n",
-        t = html_escape(title),
-        js = plotly::Plot::offline_js_sources(),
-        fig = plot.to_inline_html(Some("figure")),
-    );
-    crate::io::atomic_write(stem.with_extension("html"), html.as_bytes())?;
-    crate::io::atomic_write(
-        stem.with_extension("svg"),
-        svg_xy(title, x_title, y_title, series).as_bytes(),
-    )
+    plot
 }
 
 /// A self-contained SVG of an x–y figure (axes with ticks, markers, lines, legend).
