@@ -25,6 +25,14 @@ pub fn atomic_write(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
         .tempfile_in(&dir)
         .map_err(|e| RlhfError::io(&dir, e))?;
     tmp.write_all(bytes).map_err(|e| RlhfError::io(path, e))?;
+    // tempfile creates 0600; a report or checkpoint gets the usual 0644 (umask permitting).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| RlhfError::io(path, e))?;
+    }
     tmp.as_file()
         .sync_all()
         .map_err(|e| RlhfError::io(path, e))?;

@@ -8,11 +8,12 @@
 //! interactively and offline; the notebook runner (`kernel/run_notebooks.py`) adds a static SVG of each
 //! figure to the same output, which GitHub, HTML exports and frontends without a plotly renderer show.
 //!
-//! The notebooks use the crates through the re-exports here (`rlhf_lab::notebook::{polars, plotly}`),
+//! The notebooks use the crates through the re-exports here (`rlhf_lab::notebook::{polars, plotly, tch}`),
 //! so their versions always match the library's.
 
 pub use plotly;
 pub use polars;
+pub use tch;
 
 use polars::prelude::{AnyValue, DataFrame};
 use std::fmt::Write as _;

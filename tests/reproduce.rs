@@ -28,6 +28,7 @@ fn quick_scale_end_to_end() {
         verbose: false,
         data_dir: None,
         part: Default::default(),
+        started: None,
     };
     let s = reproduce(&opts).expect("quick reproduction");
 

@@ -391,12 +391,14 @@ pub fn main() -> ExitCode {
                 verbose: !quiet,
                 data_dir: None,
                 part: if worker { Part::Worker } else { Part::All },
+                started: None,
             };
             if worker {
                 reproduce(&opts)?;
                 return Ok(String::new());
             }
             if jobs > 1 {
+                opts.started = Some(std::time::Instant::now());
                 opts.part = Part::Upstream;
                 reproduce(&opts)?;
                 run_reproduce_workers(&opts, jobs)?;

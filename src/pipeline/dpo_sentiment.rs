@@ -261,6 +261,9 @@ pub struct ReproduceOptions {
     pub data_dir: Option<PathBuf>,
     /// What this process does (parallel sweeps: see [`Part`]).
     pub part: Part,
+    /// When the whole sweep started, if before this call (`--jobs`: before the upstream stages and the
+    /// workers); the report's wall time counts from it.
+    pub started: Option<Instant>,
 }
 
 /// The part of the experiment one process runs. A parallel sweep is one `Upstream` call, then `n`
@@ -361,6 +364,10 @@ pub struct ReproduceSummary {
     pub matched: Vec<MatchedKl>,
     pub timings: Vec<StageTiming>,
     pub wall_s: f64,
+    /// Nothing was computed for this report: every stage came from the cache (`wall_s` is then only
+    /// the time to assemble it).
+    #[serde(default)]
+    pub from_cache: bool,
 }
 
 /// Where the points of one run come from.
@@ -663,7 +670,7 @@ fn eval_section(scale: &Scale, gt_dir: &Path) -> String {
 
 /// Runs the whole experiment (see the module documentation).
 pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
-    let t0 = Instant::now();
+    let t0 = opts.started.unwrap_or_else(Instant::now);
     let scale = Scale::named(&opts.scale)?;
     let seeds = opts.seeds.unwrap_or(scale.default_seeds);
     crate::core::check::count_in("seeds", seeds, 1, 100)?;
@@ -1002,6 +1009,7 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
         points,
         runs,
         matched,
+        from_cache: opts.started.is_none() && timings.iter().all(|t| t.cached),
         timings,
         wall_s: t0.elapsed().as_secs_f64(),
     };
@@ -1010,6 +1018,10 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     }
     Ok(summary)
 }
+
+/// The KL range the figure opens on (nats; the paper's Figure 2 spans about 0–25). Points beyond it stay
+/// in `frontier.csv` and in the interactive figure (zoom out); the static SVG omits them.
+pub const FRONTIER_KL_MAX: f64 = 25.0;
 
 /// The figure's axes (the paper's Figure 2).
 pub const FRONTIER_AXES: (&str, &str) = (
@@ -1037,6 +1049,7 @@ pub fn frontier_plot(s: &ReproduceSummary) -> plotly::Plot {
         FRONTIER_AXES.0,
         FRONTIER_AXES.1,
         &frontier_figure_series(&s.points),
+        Some(FRONTIER_KL_MAX),
     )
 }
 
@@ -1226,13 +1239,14 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
         FRONTIER_AXES.0,
         FRONTIER_AXES.1,
         &frontier_figure_series(p),
+        Some(FRONTIER_KL_MAX),
     )?;
 
     // summary.md: the table of reward at matched KL.
     let mut md = format!(
         "# {title}\n\nSFT validation perplexity {:.1}; ground-truth classifier test accuracy {:.4}; {} preference pairs \
          ({} ranked groups of 4) from {} prefixes; reward model held-out pair accuracy: pairwise {:.4}, K-wise {:.4}; \
-         SFT policy reward {:.4}. Stages' compute time {:.0} s (summed as each ran); this call {:.0} s.\n\n| algorithm |",
+         SFT policy reward {:.4}. Stages' compute time {:.0} s (summed as each ran); wall time {:.0} s{}.\n\n| algorithm |",
         s.sft_val_ppl,
         s.ground_truth_test_accuracy,
         s.pairs.pairs,
@@ -1242,7 +1256,12 @@ fn write_frontier_report(s: &ReproduceSummary, scale: &Scale) -> Result<()> {
         s.rm_kwise_accuracy,
         s.sft_reward,
         s.timings.iter().map(|t| t.wall_s).sum::<f64>(),
-        s.wall_s
+        s.wall_s,
+        if s.from_cache {
+            " (every stage read from the cache)"
+        } else {
+            ""
+        }
     );
     for k in MATCHED_KL {
         md.push_str(&format!(" reward at KL {k} |"));

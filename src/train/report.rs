@@ -436,6 +436,26 @@ mod tests {
             texts_sha256(&["a".into(), "b".into()])
         );
     }
+
+    #[test]
+    fn svg_draws_points_bands_and_clips_at_x_max() {
+        let s = XySeries {
+            name: "a".into(),
+            points: vec![(0.0, 0.5), (1.0, 0.6), (30.0, 0.9)],
+            line: vec![(0.0, 0.5), (1.0, 0.6)],
+            line_label: "mean".into(),
+            band: vec![(0.0, 0.4, 0.6), (1.0, 0.5, 0.7)],
+        };
+        let all = svg_xy("t", "x", "y", std::slice::from_ref(&s), None);
+        let clipped = svg_xy("t", "x", "y", std::slice::from_ref(&s), Some(25.0));
+        assert_eq!(all.matches("<circle").count(), 3);
+        assert_eq!(clipped.matches("<circle").count(), 2);
+        assert_eq!(clipped.matches("<polygon").count(), 1);
+        assert_eq!(clipped.matches("<polyline").count(), 1);
+        // The x axis ends at the largest kept x, not at 30.
+        assert!(clipped.contains(">1.00</text>") && !clipped.contains(">30.00</text>"));
+        assert!(all.contains(">30.00</text>"));
+    }
 }
 
 /// One named series of an x–y figure: its points (markers), an optional line (e.g. a mean envelope)
@@ -469,8 +489,9 @@ pub fn write_xy_figure(
     x_title: &str,
     y_title: &str,
     series: &[XySeries],
+    x_max: Option<f64>,
 ) -> Result<()> {
-    let plot = xy_plot(title, x_title, y_title, series);
+    let plot = xy_plot(title, x_title, y_title, series, x_max);
     let html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{t}</title>\n{js}\n</head>\n<body>\n{fig}\n</body>\n</html>\n",
         t = html_escape(title),
@@ -480,12 +501,19 @@ pub fn write_xy_figure(
     crate::io::atomic_write(stem.with_extension("html"), html.as_bytes())?;
     crate::io::atomic_write(
         stem.with_extension("svg"),
-        svg_xy(title, x_title, y_title, series).as_bytes(),
+        svg_xy(title, x_title, y_title, series, x_max).as_bytes(),
     )
 }
 
-/// The plotly figure of [`write_xy_figure`] (for a notebook to show).
-pub fn xy_plot(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) -> plotly::Plot {
+/// The plotly figure of [`write_xy_figure`] (for a notebook to show). `x_max`: the initial x-axis
+/// range is `[0, x_max]` (the data beyond stays in the figure; zoom out to see it).
+pub fn xy_plot(
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    series: &[XySeries],
+    x_max: Option<f64>,
+) -> plotly::Plot {
     use plotly::common::{Fill, Line, Marker, Mode, Title};
     use plotly::layout::{Axis, Layout};
     use plotly::{Plot, Scatter};
@@ -536,14 +564,39 @@ pub fn xy_plot(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) -
     plot.set_layout(
         Layout::new()
             .title(Title::with_text(title))
-            .x_axis(Axis::new().title(Title::with_text(x_title)))
+            .x_axis({
+                let a = Axis::new().title(Title::with_text(x_title));
+                match x_max {
+                    Some(m) => a.range(vec![0.0, m]),
+                    None => a,
+                }
+            })
             .y_axis(Axis::new().title(Title::with_text(y_title))),
     );
     plot
 }
 
-/// A self-contained SVG of an x–y figure (axes with ticks, markers, lines, legend).
-pub fn svg_xy(title: &str, x_title: &str, y_title: &str, series: &[XySeries]) -> String {
+/// A self-contained SVG of an x–y figure (axes with ticks, markers, lines, legend). With `x_max`, only
+/// what lies at `x ≤ x_max` is drawn.
+pub fn svg_xy(
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    series: &[XySeries],
+    x_max: Option<f64>,
+) -> String {
+    let keep = |x: f64| x_max.is_none_or(|m| x <= m);
+    let clipped: Vec<XySeries> = series
+        .iter()
+        .map(|s| XySeries {
+            name: s.name.clone(),
+            points: s.points.iter().copied().filter(|p| keep(p.0)).collect(),
+            line: s.line.iter().copied().filter(|p| keep(p.0)).collect(),
+            line_label: s.line_label.clone(),
+            band: s.band.iter().copied().filter(|b| keep(b.0)).collect(),
+        })
+        .collect();
+    let series = &clipped[..];
     let (w, h) = (820.0, 520.0);
     let (l, r, t, b) = (70.0, 210.0, 40.0, 55.0);
     let all: Vec<(f64, f64)> = series
