@@ -1,7 +1,8 @@
-//! GAE on a [256, 1024] f32 batch: reference time loop vs vectorised scan (criterion).
+//! GAE on a [256, 1024] f32 batch: reference time loop vs vectorised scan vs the native CPU pass
+//! (criterion).
 //! Results and hardware are recorded in reports/bench-gae.md by scripts/bench-report.sh.
 use criterion::{criterion_group, criterion_main, Criterion};
-use rlhf_lab::advantages::{gae, gae_loop, GaeConfig, MaskedSteps};
+use rlhf_lab::advantages::{gae, gae_loop, gae_scan, GaeConfig, MaskedSteps};
 use tch::{Device, Kind, Tensor};
 
 fn bench(c: &mut Criterion) {
@@ -32,6 +33,9 @@ fn bench(c: &mut Criterion) {
             bch.iter(|| gae_loop(&rewards, &values, &mask, &cfg).unwrap())
         });
         g.bench_function("vectorised", |bch| {
+            bch.iter(|| gae_scan(&rewards, &values, &mask, &cfg).unwrap())
+        });
+        g.bench_function("native", |bch| {
             bch.iter(|| gae(&rewards, &values, &mask, &cfg).unwrap())
         });
         g.finish();

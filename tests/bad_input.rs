@@ -512,6 +512,8 @@ fn errors_are_values_not_panics_for_every_public_entry_point() {
             let calls: Vec<NamedCall> = vec![
                 ("gae", Box::new(|| drop(gae(x, x, m, &gcfg())))),
                 ("gae_loop", Box::new(|| drop(gae_loop(x, x, m, &gcfg())))),
+                ("gae_scan", Box::new(|| drop(gae_scan(x, x, m, &gcfg())))),
+                ("gae_native", Box::new(|| drop(gae_native(x, x, m, &gcfg())))),
                 (
                     "discounted_returns",
                     Box::new(|| drop(discounted_returns(x, m, 0.9, MaskedSteps::Skip))),
@@ -653,4 +655,23 @@ fn errors_are_values_not_panics_for_every_public_entry_point() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn native_gae_refuses_inputs_that_need_a_gradient() {
+    // The native pass cannot carry a gradient: it says so instead of returning a detached result (a
+    // later `backward` would have nothing to follow). `gae` routes such inputs to the scan.
+    let r = Tensor::randn([2, 5], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let v = Tensor::randn([2, 5], (Kind::Double, Device::Cpu));
+    let m = Tensor::ones([2, 5], (Kind::Bool, Device::Cpu));
+    let cfg = GaeConfig {
+        gamma: 1.0,
+        lam: 0.95,
+        masked_steps: MaskedSteps::Zero,
+    };
+    let e = gae_native(&r, &v, &m, &cfg).unwrap_err().to_string();
+    assert!(e.contains("rewards") && e.contains("gae_scan"), "{e}");
+    let e = gae_native(&v, &r, &m, &cfg).unwrap_err().to_string();
+    assert!(e.contains("values"), "{e}");
+    assert!(gae(&r, &v, &m, &cfg).unwrap().advantages.requires_grad());
 }

@@ -102,7 +102,7 @@ proptest! {
 
     #[test]
     fn loop_equals_vectorised(bt in batch(5, 40), gamma in 0.0f64..=1.0, lam in 0.0f64..=1.0, mode in modes()) {
-        let a = gae(&bt.x(), &bt.y(), &bt.m(), &cfg(gamma, lam, mode)).unwrap();
+        let a = gae_scan(&bt.x(), &bt.y(), &bt.m(), &cfg(gamma, lam, mode)).unwrap();
         let b = gae_loop(&bt.x(), &bt.y(), &bt.m(), &cfg(gamma, lam, mode)).unwrap();
         assert_close(&a.advantages, &b.advantages, 1e-10);
         assert_close(&a.returns, &b.returns, 1e-10);
@@ -114,10 +114,34 @@ proptest! {
     #[test]
     fn loop_equals_vectorised_f32(bt in batch(3, 64), gamma in 0.0f64..=1.0, lam in 0.0f64..=1.0, mode in modes()) {
         let (x, y) = (bt.x().to_kind(Kind::Float), bt.y().to_kind(Kind::Float));
-        let a = gae(&x, &y, &bt.m(), &cfg(gamma, lam, mode)).unwrap();
+        let a = gae_scan(&x, &y, &bt.m(), &cfg(gamma, lam, mode)).unwrap();
         let b = gae_loop(&x, &y, &bt.m(), &cfg(gamma, lam, mode)).unwrap();
         prop_assert_eq!(a.advantages.kind(), Kind::Float);
         assert_close(&a.advantages, &b.advantages, 1e-4);
+    }
+
+    #[test]
+    fn native_gae_equals_the_loop_bit_for_bit(bt in batch(5, 40), gamma in 0.0f64..=1.0, lam in 0.0f64..=1.0, mode in modes()) {
+        // The CPU fast path (what `gae` runs on the host) performs the loop's operations in the loop's
+        // order and precision: identical bits in f64 and f32 (signed zeros aside: `+ 0.0` folds them),
+        // also from non-contiguous inputs; and it agrees with the scan.
+        for kind in [Kind::Double, Kind::Float] {
+            let (x, y) = (bt.x().to_kind(kind), bt.y().to_kind(kind));
+            let c = cfg(gamma, lam, mode);
+            let native = gae_native(&x, &y, &bt.m(), &c).unwrap();
+            let dispatched = gae(&x, &y, &bt.m(), &c).unwrap();
+            let reference = gae_loop(&x, &y, &bt.m(), &c).unwrap();
+            let same = |a: &Tensor, b: &Tensor| a.kind() == b.kind() && (a + 0.0).equal(&(b + 0.0));
+            prop_assert!(same(&native.advantages, &reference.advantages), "{kind:?} advantages");
+            prop_assert!(same(&native.returns, &reference.returns), "{kind:?} returns");
+            prop_assert!(same(&dispatched.advantages, &native.advantages));
+            let strided = |t: &Tensor| t.transpose(0, 1).contiguous().transpose(0, 1);
+            let from_views = gae_native(&strided(&x), &strided(&y), &strided(&bt.m()), &c).unwrap();
+            prop_assert!(same(&from_views.advantages, &native.advantages));
+            let scan = gae_scan(&x, &y, &bt.m(), &c).unwrap();
+            let tol = if kind == Kind::Double { 1e-10 } else { 1e-4 };
+            assert_close(&native.advantages.to_kind(Kind::Double), &scan.advantages.to_kind(Kind::Double), tol);
+        }
     }
 
     #[test]

@@ -254,14 +254,204 @@ fn gae_impl(
 /// GAE(γ, λ) advantages `A_t = Σ_l (γλ)^l δ_{t+l}` and returns `A + V` (Schulman et al. 2016 eq. 16;
 /// seed 001 §3.2.4; seed 003; DeepSpeed-Chat `get_advantages_and_returns`, TRL, OpenRLHF, verl
 /// `compute_gae_advantage_return`). Shapes: `rewards`, `values`, `mask` (B, T) → (B, T) each.
-/// Vectorised (log₂T scan).
+/// CPU f32/f64 tensors that need no gradient (the RLHF case: advantages are computed on detached
+/// rollout data) take one native pass over contiguous memory ([`gae_native`], the loop's arithmetic in
+/// the loop's order); anything else — an accelerator, or inputs that require grad — the differentiable
+/// log₂T scan ([`gae_scan`]).
 pub fn gae(
     rewards: &Tensor,
     values: &Tensor,
     mask: &Tensor,
     cfg: &GaeConfig,
 ) -> Result<AdvantagesReturns> {
+    let native = rewards.device() == tch::Device::Cpu
+        && values.device() == tch::Device::Cpu
+        && matches!(rewards.kind(), Kind::Float | Kind::Double)
+        && !rewards.requires_grad()
+        && !values.requires_grad();
+    if native {
+        gae_native(rewards, values, mask, cfg)
+    } else {
+        gae_impl(rewards, values, mask, cfg, true)
+    }
+}
+
+/// [`gae`] as the vectorised log₂T scan of batched tensor ops, on any device (what [`gae`] runs on an
+/// accelerator).
+pub fn gae_scan(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    cfg: &GaeConfig,
+) -> Result<AdvantagesReturns> {
     gae_impl(rewards, values, mask, cfg, true)
+}
+
+/// [`gae`] as one pass per row over contiguous host memory: per step the same operations, in the same
+/// order and precision, as [`gae_loop`] (`δ_t = (r_t + γ·n_t) − V_t`, `lastgaelam = δ_t + γλ·lastgaelam`),
+/// so its results equal the loop's bit for bit. Inputs are validated as in [`gae_loop`]; `rewards`
+/// must be f32 or f64 (values are cast to its kind). Runs on the host; the results go back to
+/// `rewards`' device. Not differentiable: the outputs carry no gradient (use [`gae_scan`] or
+/// [`gae_loop`] for that).
+pub fn gae_native(
+    rewards: &Tensor,
+    values: &Tensor,
+    mask: &Tensor,
+    cfg: &GaeConfig,
+) -> Result<AdvantagesReturns> {
+    for (name, z) in [("rewards", rewards), ("values", values)] {
+        if z.requires_grad() {
+            return Err(crate::error::RlhfError::invalid(
+                name,
+                "requires grad, and gae_native is not differentiable (use gae_scan or gae_loop)",
+            ));
+        }
+    }
+    // The checks of `validate`, in its order; the finiteness checks and the zeroing of masked steps
+    // happen in the host pass itself (each a separate pass over the tensor in `validate`).
+    check::in_unit_interval("gamma", cfg.gamma)?;
+    check::in_unit_interval("lam", cfg.lam)?;
+    check::float("rewards", rewards)?;
+    check::ndim("rewards", rewards, 2, "(B, T)")?;
+    let m = check::mask("mask", mask, "rewards", rewards)?;
+    let (b, t) = (rewards.size()[0], rewards.size()[1]);
+    let host = |z: &Tensor| z.to_device(tch::Device::Cpu).contiguous().view([-1]);
+    let m = Vec::<bool>::try_from(&host(&m))?;
+    let device = rewards.device();
+    let kind = rewards.kind();
+    let values_checked = || -> Result<Tensor> {
+        check::float("values", values)?;
+        check::same_shape("mask", mask, "values", values)?;
+        Ok(host(&values.to_kind(kind)))
+    };
+    let (adv, ret) = match kind {
+        Kind::Double => {
+            let r = masked_host::<f64>(&Vec::try_from(&host(rewards))?, &m, "rewards")?;
+            let v = masked_host::<f64>(&Vec::try_from(&values_checked()?)?, &m, "values")?;
+            let (a, rt) = gae_rows(&r, &v, &m, t as usize, cfg.gamma, cfg.gamma * cfg.lam, cfg.masked_steps);
+            finite_outputs(&a, &rt, |x: f64| x.is_finite())?;
+            (Tensor::from_slice(&a), Tensor::from_slice(&rt))
+        }
+        Kind::Float => {
+            // libtorch computes `f32 tensor · f64 scalar` in f32 with the scalar rounded to f32.
+            let r = masked_host::<f32>(&Vec::try_from(&host(rewards))?, &m, "rewards")?;
+            let v = masked_host::<f32>(&Vec::try_from(&values_checked()?)?, &m, "values")?;
+            let (gamma, gl) = (cfg.gamma as f32, (cfg.gamma * cfg.lam) as f32);
+            let (a, rt) = gae_rows(&r, &v, &m, t as usize, gamma, gl, cfg.masked_steps);
+            finite_outputs(&a, &rt, |x: f32| x.is_finite())?;
+            (Tensor::from_slice(&a), Tensor::from_slice(&rt))
+        }
+        other => {
+            return Err(crate::error::RlhfError::invalid(
+                "rewards",
+                format!("the native GAE needs f32 or f64, got {other:?} (use gae_scan)"),
+            ))
+        }
+    };
+    Ok(AdvantagesReturns {
+        advantages: adv.view([b, t]).to_device(device),
+        returns: ret.view([b, t]).to_device(device),
+    })
+}
+
+/// `x` with masked entries set to 0, after counting the non-finite unmasked ones
+/// ([`check::finite_where`]'s error).
+fn masked_host<F: Copy + Default + IsFinite>(x: &[F], m: &[bool], arg: &str) -> Result<Vec<F>> {
+    let bad = x.iter().zip(m).filter(|(v, &k)| k && !v.finite()).count();
+    if bad > 0 {
+        return Err(crate::error::RlhfError::NonFinite {
+            arg: arg.into(),
+            count: bad as i64,
+        });
+    }
+    Ok(x.iter()
+        .zip(m)
+        .map(|(&v, &k)| if k { v } else { F::default() })
+        .collect())
+}
+
+/// [`check::finite_output`] of both outputs, on host slices.
+fn finite_outputs<F: Copy>(adv: &[F], ret: &[F], ok: impl Fn(F) -> bool) -> Result<()> {
+    for (name, xs) in [("advantages", adv), ("returns", ret)] {
+        let bad = xs.iter().filter(|&&x| !ok(x)).count();
+        if bad > 0 {
+            return Err(crate::error::RlhfError::NonFiniteOutput {
+                arg: name.into(),
+                count: bad as i64,
+            });
+        }
+    }
+    Ok(())
+}
+
+trait IsFinite {
+    fn finite(&self) -> bool;
+}
+impl IsFinite for f32 {
+    fn finite(&self) -> bool {
+        self.is_finite()
+    }
+}
+impl IsFinite for f64 {
+    fn finite(&self) -> bool {
+        self.is_finite()
+    }
+}
+
+/// The GAE recurrence over row-major `(B, T)` rewards and values (already 0 at masked steps) with a
+/// bool mask: `(advantages, returns)`, 0 at masked steps. `gl` = γλ.
+fn gae_rows<F>(
+    r: &[F],
+    v: &[F],
+    m: &[bool],
+    t: usize,
+    gamma: F,
+    gl: F,
+    mode: MaskedSteps,
+) -> (Vec<F>, Vec<F>)
+where
+    F: Copy + Default + std::ops::Add<Output = F> + std::ops::Sub<Output = F> + std::ops::Mul<Output = F>,
+{
+    let zero = F::default();
+    let (mut adv, mut ret) = (vec![zero; r.len()], vec![zero; r.len()]);
+    if t == 0 {
+        return (adv, ret);
+    }
+    for (row, ((r, v), m)) in r.chunks(t).zip(v.chunks(t)).zip(m.chunks(t)).enumerate() {
+        let (adv, ret) = (
+            &mut adv[row * t..(row + 1) * t],
+            &mut ret[row * t..(row + 1) * t],
+        );
+        let mut lastgaelam = zero;
+        match mode {
+            MaskedSteps::Zero => {
+                // Time advances through masked steps, where r = V = 0.
+                for i in (0..t).rev() {
+                    let next_value = if i + 1 < t { v[i + 1] } else { zero };
+                    let delta = (r[i] + next_value * gamma) - v[i];
+                    lastgaelam = delta + gl * lastgaelam;
+                    if m[i] {
+                        adv[i] = lastgaelam;
+                        ret[i] = lastgaelam + v[i];
+                    }
+                }
+            }
+            MaskedSteps::Skip => {
+                // Masked steps are transparent: V(s_{t+1}) is the value at the next unmasked step.
+                let mut next_value = zero;
+                for i in (0..t).rev() {
+                    if m[i] {
+                        let delta = (r[i] + next_value * gamma) - v[i];
+                        lastgaelam = delta + gl * lastgaelam;
+                        adv[i] = lastgaelam;
+                        ret[i] = lastgaelam + v[i];
+                        next_value = v[i];
+                    }
+                }
+            }
+        }
+    }
+    (adv, ret)
 }
 
 /// Reference loop of [`gae`]: `lastgaelam = δ_t + γλ·lastgaelam`, walking t backwards.
