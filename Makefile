@@ -35,7 +35,7 @@ setup: setup-core
 	@bash kernel/install.sh
 
 demo: setup-core
-	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- reproduce dpo-sentiment --scale quick
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- reproduce dpo-sentiment --scale quick --jobs 2
 
 # The seed worked example (document 001 §3.2.4), printed vs computed.
 worked-example: setup-core
