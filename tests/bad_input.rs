@@ -513,7 +513,10 @@ fn errors_are_values_not_panics_for_every_public_entry_point() {
                 ("gae", Box::new(|| drop(gae(x, x, m, &gcfg())))),
                 ("gae_loop", Box::new(|| drop(gae_loop(x, x, m, &gcfg())))),
                 ("gae_scan", Box::new(|| drop(gae_scan(x, x, m, &gcfg())))),
-                ("gae_native", Box::new(|| drop(gae_native(x, x, m, &gcfg())))),
+                (
+                    "gae_native",
+                    Box::new(|| drop(gae_native(x, x, m, &gcfg()))),
+                ),
                 (
                     "discounted_returns",
                     Box::new(|| drop(discounted_returns(x, m, 0.9, MaskedSteps::Skip))),

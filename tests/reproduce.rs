@@ -57,10 +57,16 @@ fn quick_scale_end_to_end() {
         .all(|p| p.score_chosen > p.score_rejected && p.chosen != p.rejected));
     assert!(s.timings.iter().all(|t| t.dir.join("done.json").is_file()));
     // Every evaluation of every trainer run left its samples, and samples.md shows each algorithm.
-    for r in s.runs.iter().filter(|r| !r.algorithm.starts_with("Best-of-N")) {
-        for p in s.points.iter().filter(|p| {
-            p.algorithm == r.algorithm && p.setting == r.setting && p.seed == r.seed
-        }) {
+    for r in s
+        .runs
+        .iter()
+        .filter(|r| !r.algorithm.starts_with("Best-of-N"))
+    {
+        for p in s
+            .points
+            .iter()
+            .filter(|p| p.algorithm == r.algorithm && p.setting == r.setting && p.seed == r.seed)
+        {
             let f = r.dir.join("eval").join(format!("step-{:06}.jsonl", p.step));
             let n = std::fs::read_to_string(&f)
                 .unwrap_or_else(|e| panic!("{}: {e}", f.display()))
@@ -71,7 +77,10 @@ fn quick_scale_end_to_end() {
     }
     let samples = std::fs::read_to_string(out.join("samples.md")).unwrap();
     for alg in ["DPO", "PPO-GT", "Best-of-N (GT)"] {
-        assert!(samples.contains(&format!("## {alg} —")), "samples.md lacks {alg}");
+        assert!(
+            samples.contains(&format!("## {alg} —")),
+            "samples.md lacks {alg}"
+        );
     }
 
     // DPO β = 0.1 raises the held-out reward above the SFT model's.
@@ -157,12 +166,12 @@ fn quick_scale_end_to_end() {
     })
     .unwrap();
     assert!(worker.timings.iter().all(|t| t.cached));
-    assert!(!worker
-        .timings
-        .iter()
-        .any(|t| t.stage == "dpo-beta_1-seed0"));
+    assert!(!worker.timings.iter().any(|t| t.stage == "dpo-beta_1-seed0"));
     assert!(!dpo_dir.join("done.json").exists());
-    assert!(!out.join("summary.md").exists(), "a worker wrote the report");
+    assert!(
+        !out.join("summary.md").exists(),
+        "a worker wrote the report"
+    );
     assert_eq!(clear_claims(&out).unwrap(), 1);
     let last = reproduce(&opts).unwrap();
     let redone: Vec<&str> = last

@@ -657,7 +657,13 @@ fn run_reproduce_workers(
     let mut children = Vec::new();
     for _ in 0..jobs {
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(["reproduce", "dpo-sentiment", "--worker", "--scale", &opts.scale]);
+        cmd.args([
+            "reproduce",
+            "dpo-sentiment",
+            "--worker",
+            "--scale",
+            &opts.scale,
+        ]);
         cmd.arg("--out").arg(&out);
         if let Some(n) = opts.seeds {
             cmd.args(["--seeds", &n.to_string()]);

@@ -328,7 +328,15 @@ pub fn gae_native(
         Kind::Double => {
             let r = masked_host::<f64>(&Vec::try_from(&host(rewards))?, &m, "rewards")?;
             let v = masked_host::<f64>(&Vec::try_from(&values_checked()?)?, &m, "values")?;
-            let (a, rt) = gae_rows(&r, &v, &m, t as usize, cfg.gamma, cfg.gamma * cfg.lam, cfg.masked_steps);
+            let (a, rt) = gae_rows(
+                &r,
+                &v,
+                &m,
+                t as usize,
+                cfg.gamma,
+                cfg.gamma * cfg.lam,
+                cfg.masked_steps,
+            );
             finite_outputs(&a, &rt, |x: f64| x.is_finite())?;
             (Tensor::from_slice(&a), Tensor::from_slice(&rt))
         }
@@ -410,7 +418,11 @@ fn gae_rows<F>(
     mode: MaskedSteps,
 ) -> (Vec<F>, Vec<F>)
 where
-    F: Copy + Default + std::ops::Add<Output = F> + std::ops::Sub<Output = F> + std::ops::Mul<Output = F>,
+    F: Copy
+        + Default
+        + std::ops::Add<Output = F>
+        + std::ops::Sub<Output = F>
+        + std::ops::Mul<Output = F>,
 {
     let zero = F::default();
     let (mut adv, mut ret) = (vec![zero; r.len()], vec![zero; r.len()]);

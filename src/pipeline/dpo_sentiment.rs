@@ -794,25 +794,29 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
     // 5.–6. The DPO family and PPO, per seed.
     let mut points: Vec<Point> = Vec::new();
     let mut runs: Vec<RunSource> = Vec::new();
-    let push_points =
-        |alg: &str, setting: &str, seed: u64, rp: &RunPoints, points: &mut Vec<Point>, runs: &mut Vec<RunSource>| {
-            runs.push(RunSource {
+    let push_points = |alg: &str,
+                       setting: &str,
+                       seed: u64,
+                       rp: &RunPoints,
+                       points: &mut Vec<Point>,
+                       runs: &mut Vec<RunSource>| {
+        runs.push(RunSource {
+            algorithm: alg.into(),
+            setting: setting.into(),
+            seed,
+            dir: rp.run_dir.clone(),
+        });
+        for (step, kl, reward) in rp.points() {
+            points.push(Point {
                 algorithm: alg.into(),
                 setting: setting.into(),
                 seed,
-                dir: rp.run_dir.clone(),
+                step,
+                kl,
+                reward,
             });
-            for (step, kl, reward) in rp.points() {
-                points.push(Point {
-                    algorithm: alg.into(),
-                    setting: setting.into(),
-                    seed,
-                    step,
-                    kl,
-                    reward,
-                });
-            }
-        };
+        }
+    };
     let mut sft_reward = f64::NAN;
     for seed in 0..run_seeds {
         for spec in dpo_specs(&scale)
@@ -856,7 +860,14 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 Ok(RunPoints::new(s.run_dir.clone(), eval_points(&s.run_dir)?))
             })?;
             say(format!("{name}: {} points", rp.bits.len()));
-            push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points, &mut runs);
+            push_points(
+                spec.algorithm,
+                &spec.setting,
+                seed,
+                &rp,
+                &mut points,
+                &mut runs,
+            );
         }
         for spec in ppo_specs(&scale)
             .into_iter()
@@ -907,7 +918,14 @@ pub fn reproduce(opts: &ReproduceOptions) -> Result<ReproduceSummary> {
                 Ok(RunPoints::new(s.run_dir.clone(), eval_points(&s.run_dir)?))
             })?;
             say(format!("{name}: {} points", rp.bits.len()));
-            push_points(spec.algorithm, &spec.setting, seed, &rp, &mut points, &mut runs);
+            push_points(
+                spec.algorithm,
+                &spec.setting,
+                seed,
+                &rp,
+                &mut points,
+                &mut runs,
+            );
         }
         // 7. Best-of-N with the learned RM and with the ground truth.
         for (alg, scorer) in [
@@ -1139,7 +1157,9 @@ fn write_samples(s: &ReproduceSummary, algs: &[&str]) -> Result<()> {
         let file = if bon {
             src.dir.join("samples.jsonl")
         } else {
-            src.dir.join("eval").join(format!("step-{:06}.jsonl", p.step))
+            src.dir
+                .join("eval")
+                .join(format!("step-{:06}.jsonl", p.step))
         };
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue; // runs from before samples were saved
@@ -1151,11 +1171,18 @@ fn write_samples(s: &ReproduceSummary, algs: &[&str]) -> Result<()> {
             let (response, score) = if bon {
                 let k = v["kept"][p.step.to_string()].as_u64().unwrap_or(0) as usize;
                 let c = &v["candidates"][k];
-                (c["response"].as_str().unwrap_or(""), c["ground_truth"].as_f64())
+                (
+                    c["response"].as_str().unwrap_or(""),
+                    c["ground_truth"].as_f64(),
+                )
             } else {
                 (v["response"].as_str().unwrap_or(""), v["score"].as_f64())
             };
-            rows.push((prompt, response.to_string(), score.map_or(f64::NAN, sigmoid)));
+            rows.push((
+                prompt,
+                response.to_string(),
+                score.map_or(f64::NAN, sigmoid),
+            ));
         }
         md.push_str(&format!(
             "\n## {a} — {}, step {}: KL {:.2}, mean reward {:.3}\n\n| reward | text |\n|---|---|\n",
