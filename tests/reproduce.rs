@@ -5,10 +5,27 @@
 //! a rerun recomputes nothing and gives the same table; a run claimed by another worker is left to it;
 //! bad input is a clear error.
 
-use rlhf_lab::pipeline::dpo_sentiment::{clear_claims, reproduce, Part, ReproduceOptions};
+use rlhf_lab::pipeline::dpo_sentiment::{
+    clear_claims, reproduce, Part, ReproduceOptions, ReproduceSummary,
+};
 use rlhf_lab::pipeline::frontier::Point;
 use std::path::Path;
 use std::process::Command;
+
+/// Only `stage` was computed by the call that gave `s`, and the frontier table is still `table`.
+fn assert_only_recomputed(s: &ReproduceSummary, stage: &str, table: &str, out: &Path) {
+    let redone: Vec<&str> = s
+        .timings
+        .iter()
+        .filter(|t| !t.cached)
+        .map(|t| t.stage.as_str())
+        .collect();
+    assert_eq!(redone, [stage]);
+    assert_eq!(
+        table,
+        std::fs::read_to_string(out.join("frontier.csv")).unwrap()
+    );
+}
 
 fn points<'a>(pts: &'a [Point], alg: &str, setting: &str) -> Vec<&'a Point> {
     pts.iter()
@@ -143,17 +160,7 @@ fn quick_scale_end_to_end() {
         .clone();
     std::fs::remove_file(dpo_dir.join("done.json")).unwrap();
     let third = reproduce(&opts).unwrap();
-    let redone: Vec<&str> = third
-        .timings
-        .iter()
-        .filter(|t| !t.cached)
-        .map(|t| t.stage.as_str())
-        .collect();
-    assert_eq!(redone, ["dpo-beta_1-seed0"]);
-    assert_eq!(
-        table,
-        std::fs::read_to_string(out.join("frontier.csv")).unwrap()
-    );
+    assert_only_recomputed(&third, "dpo-beta_1-seed0", &table, &out);
 
     // Parallel sweeps: a worker leaves a run claimed by another worker alone (and writes no report);
     // once the claims are cleared, the final pass runs it.
@@ -174,17 +181,7 @@ fn quick_scale_end_to_end() {
     );
     assert_eq!(clear_claims(&out).unwrap(), 1);
     let last = reproduce(&opts).unwrap();
-    let redone: Vec<&str> = last
-        .timings
-        .iter()
-        .filter(|t| !t.cached)
-        .map(|t| t.stage.as_str())
-        .collect();
-    assert_eq!(redone, ["dpo-beta_1-seed0"]);
-    assert_eq!(
-        table,
-        std::fs::read_to_string(out.join("frontier.csv")).unwrap()
-    );
+    assert_only_recomputed(&last, "dpo-beta_1-seed0", &table, &out);
 }
 
 #[test]

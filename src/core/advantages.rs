@@ -337,7 +337,7 @@ pub fn gae_native(
                 cfg.gamma * cfg.lam,
                 cfg.masked_steps,
             );
-            finite_outputs(&a, &rt, |x: f64| x.is_finite())?;
+            finite_outputs(&a, &rt)?;
             (Tensor::from_slice(&a), Tensor::from_slice(&rt))
         }
         Kind::Float => {
@@ -346,7 +346,7 @@ pub fn gae_native(
             let v = masked_host::<f32>(&Vec::try_from(&values_checked()?)?, &m, "values")?;
             let (gamma, gl) = (cfg.gamma as f32, (cfg.gamma * cfg.lam) as f32);
             let (a, rt) = gae_rows(&r, &v, &m, t as usize, gamma, gl, cfg.masked_steps);
-            finite_outputs(&a, &rt, |x: f32| x.is_finite())?;
+            finite_outputs(&a, &rt)?;
             (Tensor::from_slice(&a), Tensor::from_slice(&rt))
         }
         other => {
@@ -379,9 +379,9 @@ fn masked_host<F: Copy + Default + IsFinite>(x: &[F], m: &[bool], arg: &str) -> 
 }
 
 /// [`check::finite_output`] of both outputs, on host slices.
-fn finite_outputs<F: Copy>(adv: &[F], ret: &[F], ok: impl Fn(F) -> bool) -> Result<()> {
+fn finite_outputs<F: IsFinite>(adv: &[F], ret: &[F]) -> Result<()> {
     for (name, xs) in [("advantages", adv), ("returns", ret)] {
-        let bad = xs.iter().filter(|&&x| !ok(x)).count();
+        let bad = xs.iter().filter(|x| !x.finite()).count();
         if bad > 0 {
             return Err(crate::error::RlhfError::NonFiniteOutput {
                 arg: name.into(),
