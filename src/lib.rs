@@ -11,6 +11,7 @@
 //! See `ARCHITECTURE.md` for the layer map.
 
 // Foundation, used by every layer.
+pub mod alloc;
 pub mod error;
 pub mod io;
 pub mod rng;

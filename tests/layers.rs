@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Rank of each top-level module: lower layers first.
 fn rank(module: &str) -> Option<u32> {
     Some(match module {
-        "error" | "io" | "rng" | "Result" | "RlhfError" => 0,
+        "alloc" | "error" | "io" | "rng" | "Result" | "RlhfError" => 0,
         "core" | "advantages" | "check" | "conventions" | "dpo" | "experience" | "kl"
         | "kl_shaping" | "logprobs" | "masked" | "ppo" | "reward_model" => 1,
         "model" | "generate" | "tokenizer" | "data" => 2,

@@ -381,3 +381,49 @@ proptest! {
         assert_close(&gr, &grpo_advantages(&(&s2 + 3.0), &GrpoConfig::default()).unwrap(), 1e-9);
     }
 }
+
+/// A logit value for the `logits_where` property: ordinary, huge (rows of these overflow the f32 row
+/// sum that the fast path reads), or non-finite.
+fn logit_value() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        6 => -50.0f32..50.0,
+        2 => prop_oneof![Just(3.0e38f32), Just(-3.0e38f32)],
+        1 => Just(f32::NAN),
+        1 => Just(f32::INFINITY),
+        1 => Just(f32::NEG_INFINITY),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `check::logits_where`'s one-pass row-sum fast path decides exactly as the element-wise test: a
+    /// used row passes iff every entry is finite (or finite / −∞ when allowed), including rows whose
+    /// finite entries overflow the sum, and the error counts the offending used rows.
+    #[test]
+    fn logits_where_fast_path_equals_the_elementwise_check(
+        rows in 1usize..6,
+        v in 1usize..9,
+        values in prop::collection::vec(logit_value(), 6 * 8),
+        used in prop::collection::vec(prop::bool::ANY, 6),
+        neg_inf_allowed in prop::bool::ANY,
+    ) {
+        let vals = &values[..rows * v];
+        let logits = Tensor::from_slice(vals).view([rows as i64, v as i64]);
+        let used_t = Tensor::from_slice(&used[..rows]);
+        let bad_rows = (0..rows)
+            .filter(|&r| used[r] && vals[r * v..(r + 1) * v].iter().any(|x| {
+                !(x.is_finite() || (neg_inf_allowed && *x == f32::NEG_INFINITY))
+            }))
+            .count() as i64;
+        let got = rlhf_lab::core::check::logits_where("logits", &logits, &used_t, neg_inf_allowed);
+        match got {
+            Ok(()) => prop_assert_eq!(bad_rows, 0),
+            Err(rlhf_lab::error::RlhfError::NonFinite { count, .. }) => prop_assert_eq!(count, bad_rows),
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+        // The same in f64 (its own sum kind).
+        let got64 = rlhf_lab::core::check::logits_where("logits", &logits.to_kind(Kind::Double), &used_t, neg_inf_allowed);
+        prop_assert_eq!(got64.is_ok(), bad_rows == 0);
+    }
+}

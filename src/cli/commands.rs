@@ -304,3 +304,58 @@ pub fn export_cmd(run: &Path, out: &Path, heads: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// `rlhf-lab bench`: the performance suite ([`crate::pipeline::perf`]), or one case of it (`--case`,
+/// run in a child process by the suite).
+pub fn bench_cmd(
+    quick: bool,
+    threads: i32,
+    only: Vec<String>,
+    out: Option<PathBuf>,
+    no_anchors: bool,
+    case: Option<String>,
+) -> Result<String> {
+    use crate::pipeline::perf::{self, Budget, Case};
+    crate::core::check::at_least("threads", i64::from(threads), 1)?;
+    let data_dir = crate::data::data_dir();
+    if let Some(json) = case {
+        let k: Case =
+            serde_json::from_str(&json).map_err(|e| RlhfError::invalid("case", e.to_string()))?;
+        let budget = if quick {
+            Budget::quick()
+        } else {
+            Budget::full()
+        };
+        let t = perf::run_case(&k, budget, &data_dir)?;
+        return serde_json::to_string(&t).map_err(|e| RlhfError::invalid("case", e.to_string()));
+    }
+    let report = out.unwrap_or_else(|| {
+        PathBuf::from(if quick {
+            "target/bench-quick/perf.md"
+        } else {
+            "reports/perf.md"
+        })
+    });
+    let work_dir = PathBuf::from(if quick {
+        "target/bench-quick/work"
+    } else {
+        "target/bench"
+    });
+    let python = PathBuf::from(".venv/bin/python");
+    let opts = perf::SuiteOptions {
+        quick,
+        threads,
+        only,
+        work_dir,
+        report: report.clone(),
+        python: (!no_anchors).then_some(python),
+        data_dir,
+    };
+    let cases = perf::run_suite(&opts)?;
+    Ok(format!(
+        "bench: {} cases ({} with an anchor) -> {}",
+        cases.len(),
+        cases.iter().filter(|k| k.anchor.is_some()).count(),
+        report.display()
+    ))
+}

@@ -145,6 +145,28 @@ enum Command {
         #[arg(long, hide = true)]
         worker: bool,
     },
+    /// Time every workload (ceilings, GAE, SFT/DPO/RM steps, sampling, SmolLM2 decoding, thread policy)
+    /// beside its PyTorch anchor in one run; write reports/perf.md and its figures (`make bench`).
+    Bench {
+        /// Tiny shapes: checks that every workload and anchor runs (CI), measures nothing useful.
+        #[arg(long)]
+        quick: bool,
+        /// libtorch threads of the main rows.
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Only the workloads starting with these names (repeatable), e.g. --only sft --only gae.
+        #[arg(long)]
+        only: Vec<String>,
+        /// The report (default reports/perf.md; with --quick target/bench-quick/perf.md).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Skip the PyTorch anchors.
+        #[arg(long)]
+        no_anchors: bool,
+        /// Internal: time one case (JSON) in this process and print its timing.
+        #[arg(long, hide = true)]
+        case: Option<String>,
+    },
     /// Best-of-N: N samples per held-out prompt from an SFT run, reranked by a scorer; reports the mean
     /// kept score beside the analytic KL log N − (N−1)/N (configs/best-of-n-*.toml).
     BestOfN {
@@ -332,6 +354,7 @@ fn finish(r: Result<(), RlhfError>) -> ExitCode {
 
 /// The `rlhf-lab` binary's entry point (`src/main.rs` only calls this).
 pub fn main() -> ExitCode {
+    crate::alloc::keep_freed_memory();
     let cli = Cli::parse();
     match cli.command {
         Command::Demo { json } => demo(json),
@@ -365,6 +388,16 @@ pub fn main() -> ExitCode {
             threads,
             score,
         })),
+        Command::Bench {
+            quick,
+            threads,
+            only,
+            out,
+            no_anchors,
+            case,
+        } => report_run(commands::bench_cmd(
+            quick, threads, only, out, no_anchors, case,
+        )),
         Command::Reproduce {
             experiment,
             scale,

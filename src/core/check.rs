@@ -145,12 +145,34 @@ pub fn finite_where(arg: &str, t: &Tensor, mask: &Tensor) -> Result<()> {
 /// The one check of logits `(…, V)` before a softmax: every row selected by `used` (bool, shape `(…)`)
 /// must be finite over the whole vocabulary — or, with `neg_inf_allowed`, finite or −∞ (a token removed
 /// by top-k / top-p filtering; NaN and +∞ are still refused). Counts the offending rows.
+///
+/// Fast path: one reduction pass. A row's sum `Σ_v z_v` (accumulated in f32, f64 for f64 logits) is
+/// finite whenever every entry is finite, unless the sum itself overflows, and is non-finite whenever an
+/// entry is not (NaN and ±∞ propagate; +∞ + −∞ = NaN). So if every used row sums to a finite value the
+/// check passes; otherwise the exact per-element test below decides and counts. The per-element test
+/// (`isfinite` over `(…, V)`) costs about 40× the sum: 53 ms vs 1.4 ms at `(16, 128, 8192)` f32 on 2
+/// cores, a fifth of an SFT step's forward pass (`reports/perf.md`).
 pub fn logits_where(
     arg: &str,
     logits: &Tensor,
     used: &Tensor,
     neg_inf_allowed: bool,
 ) -> Result<()> {
+    let sum_kind = if logits.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let all_rows_finite = logits
+        .sum_dim_intlist(-1, false, sum_kind)
+        .isfinite()
+        .logical_or(&used.logical_not())
+        .all()
+        .int64_value(&[])
+        == 1;
+    if all_rows_finite {
+        return Ok(());
+    }
     let ok = if neg_inf_allowed {
         logits.isfinite().logical_or(&logits.isneginf())
     } else {

@@ -4,7 +4,11 @@
 //! * [`dpo_sentiment`]: the DPO paper's controlled-sentiment experiment (Rafailov et al. 2023 §6.1,
 //!   Figure 2) end to end — SFT, ground truth, preference pairs, reward models, DPO family, PPO, PPO-GT,
 //!   Best-of-N, and the reward–KL [`frontier`].
+//! * [`perf`]: the performance suite (`rlhf-lab bench`), every workload beside its PyTorch anchor;
+//!   [`perf_report`] writes `reports/perf.md`.
 
 pub mod dpo_sentiment;
 pub mod frontier;
+pub mod perf;
+pub mod perf_report;
 pub mod stages;

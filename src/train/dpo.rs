@@ -364,7 +364,7 @@ impl run::MetricsRow for DpoRow {
 
 /// Per-pair sums of [`PAIR_STATS`] and the pair count, so batches combine exactly.
 #[derive(Debug, Clone, Copy, Default)]
-struct Stats {
+pub struct Stats {
     sums: [f64; 7],
     pairs: f64,
 }
@@ -428,8 +428,10 @@ pub fn reference_logps(
 }
 
 /// The objective and its logged statistics for a batch, from the policy's and the cached reference's
-/// `(B,)` log-probs and the `(B,)` completion token counts.
-fn objective(
+/// `(B,)` log-probs and the `(B,)` completion token counts (`[chosen, rejected, chosen counts,
+/// rejected counts]` as [`pair_logps`] returns them). Public so the performance suite times the
+/// trainer's own step.
+pub fn objective(
     cfg: &DpoLossSection,
     [pc, pr, nc, nr]: &[Tensor; 4],
     rc: &Tensor,

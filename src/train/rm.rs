@@ -253,7 +253,7 @@ impl run::MetricsRow for RmRow {
 
 /// Batch statistics (sums, so batches of different sizes combine exactly).
 #[derive(Debug, Clone, Copy, Default)]
-struct Stats {
+pub struct Stats {
     /// Σ over prompts of the per-prompt loss (the batch mean × P).
     loss_sum: f64,
     /// Comparisons ranked right, and all comparisons.
@@ -288,8 +288,9 @@ impl Stats {
     }
 }
 
-/// The loss of one batch of groups and its statistics. `rewards` `(P, K)`, best first.
-fn rm_loss(
+/// The loss of one batch of groups and its statistics. `rewards` `(P, K)`, best first (as
+/// [`group_rewards`] returns them). Public so the performance suite times the trainer's own step.
+pub fn rm_loss(
     rewards: &Tensor,
     groups: &[&RankedGroup],
     cfg: &RmLossSection,

@@ -393,14 +393,28 @@ fn batch_at(s: &Stream, offsets: &[usize], t: usize, device: Device) -> Batch {
 
 /// Per-token NLL `(B, T)` (0 where masked) of a batch: `−log softmax(logits)[y]`.
 fn batch_nll(model: &Gpt, batch: &Batch, train: bool) -> Result<Tensor> {
-    let (b, t) = batch.x.size2()?;
-    let device = batch.x.device();
+    token_nll(model, &batch.x, &batch.y, &batch.mask, train)
+}
+
+/// The SFT loss's per-token NLL `(B, T)`, 0 where `mask` is 0: `−log softmax(model(x))[y]` for inputs
+/// `x` `(B, T)`, next-token targets `y` `(B, T)` and `mask` `(B, T)` (unpadded windows, positions
+/// `0..T`). What one training step of [`run_sft`] computes before [`aggregate`]; public so the
+/// performance suite times the trainer's own path.
+pub fn token_nll(
+    model: &Gpt,
+    x: &Tensor,
+    y: &Tensor,
+    mask: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    let (b, t) = x.size2()?;
+    let device = x.device();
     let attention_mask = Tensor::ones([b, t], (Kind::Int64, device)); // (B, T)
     let position_ids = Tensor::arange(t, (Kind::Int64, device))
         .unsqueeze(0)
         .expand([b, t], true); // (B, T)
-    let logits = model.forward(&batch.x, &attention_mask, &position_ids, None, train)?; // (B, T, V)
-    let logp = crate::core::logprobs::token_log_probs(&logits, &batch.y, &batch.mask)?; // (B, T)
+    let logits = model.forward(x, &attention_mask, &position_ids, None, train)?; // (B, T, V)
+    let logp = crate::core::logprobs::token_log_probs(&logits, y, mask)?; // (B, T)
     Ok(-logp)
 }
 

@@ -1,0 +1,334 @@
+"""PyTorch-eager anchors of `rlhf-lab bench` (src/pipeline/perf.rs): the same workloads on the same
+shapes, run from the project venv (torch 2.11.0, transformers 4.57.6) right after the Rust side.
+
+    .venv/bin/python benches/anchors/perf_anchors.py target/bench/cases.json target/bench/anchors.json
+
+Reads the cases rlhf-lab measured and writes {case key: {name, median_ms, q1_ms, q3_ms, reps}} for every
+case that has an anchor (idle machine, default wait policy). What each anchor is:
+
+  matmul, copy      torch.mm, Tensor.copy_
+  gae-zero          TRL PPOTrainer's `lastgaelam` loop (masked steps zeroed first)
+  gae-skip          verl `compute_gae_advantage_return`'s loop (masked steps carried over)
+  sft-step          HF GPT2LMHeadModel (sdpa attention) + F.cross_entropy + backward +
+                    clip_grad_norm_(1.0) + torch.optim.AdamW(betas=(0.9, 0.95), weight_decay=0.1)
+  dpo-step          TRL DPOTrainer's step: concatenated forward of chosen ‖ rejected, selective log-softmax
+                    summed over completion tokens, sigmoid loss against cached reference log-probs
+                    (precompute_ref_log_probs), backward, clip, AdamW
+  rm-step           TRL RewardTrainer's step: GPT2ForSequenceClassification(num_labels=1) scores of
+                    chosen ‖ rejected, -logsigmoid(r_c - r_r).mean(), backward, clip, AdamW
+  sample            HF `generate(do_sample=True, top_k=0, top_p=1, temperature=1)` with the KV cache,
+                    min_new_tokens = max_new_tokens
+  decode-smollm2    HF LlamaForCausalLM with SmolLM2-135M's config (random f32 weights: decoding cost does
+                    not depend on the values), greedy `generate`, KV cache
+
+Timing: one warm-up, then repetitions until 5 and 1 s (at most 50; 3 once 30 s have passed), as the
+Rust side (`perf::time_it`); `--quick`: 2 repetitions, no warm-up.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore")
+PROMPT_LEN = 8  # perf.rs PROMPT_LEN
+
+
+def key(case):
+    k = case["workload"] + "".join(f" {n}={v}" for n, v in sorted(case["params"].items()))
+    k += f" threads={case['threads']}"
+    if case.get("busy"):
+        k += " busy"
+    if case.get("wait_policy", "default") != "default":
+        k += " " + case["wait_policy"]
+    return k
+
+
+def time_it(fn, quick):
+    warmup, min_reps, min_secs, max_reps = (0, 2, 0.0, 2) if quick else (1, 5, 1.0, 50)
+    for _ in range(warmup):
+        fn()
+    ms, start = [], time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        ms.append((time.perf_counter() - t0) * 1e3)
+        spent = time.perf_counter() - start
+        if (len(ms) >= min_reps and spent >= min_secs) or len(ms) >= max_reps or (spent > 30 and len(ms) >= 3):
+            break
+    ms.sort()
+
+    def q(p):
+        x = p * (len(ms) - 1)
+        lo, hi = int(x), min(int(x) + 1, len(ms) - 1)
+        return ms[lo] + (ms[hi] - ms[lo]) * (x - lo)
+
+    return {"median_ms": q(0.5), "q1_ms": q(0.25), "q3_ms": q(0.75), "reps": len(ms)}
+
+
+# --- GAE (same loops as benches/anchors/gae_anchors.py) -------------------------------------------------
+
+
+def trl_gae(rewards, values, padding_mask, gamma, lam):
+    rewards = torch.masked_fill(rewards, padding_mask, 0.0)
+    values = torch.masked_fill(values, padding_mask, 0.0)
+    lastgaelam = 0
+    advantages_reversed = []
+    gen_length = rewards.shape[1]
+    for t in reversed(range(gen_length)):
+        nextvalues = values[:, t + 1] if t < gen_length - 1 else 0.0
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        lastgaelam = delta + gamma * lam * lastgaelam
+        advantages_reversed.append(lastgaelam)
+    advantages = torch.stack(advantages_reversed[::-1], dim=1)
+    return advantages, advantages + values
+
+
+def verl_gae(rewards, values, response_mask, gamma, lam):
+    nextvalues = 0
+    lastgaelam = 0
+    advantages_reversed = []
+    gen_len = rewards.shape[-1]
+    for t in reversed(range(gen_len)):
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        lastgaelam_ = delta + gamma * lam * lastgaelam
+        nextvalues = values[:, t] * response_mask[:, t] + (1 - response_mask[:, t]) * nextvalues
+        lastgaelam = lastgaelam_ * response_mask[:, t] + (1 - response_mask[:, t]) * lastgaelam
+        advantages_reversed.append(lastgaelam)
+    advantages = torch.stack(advantages_reversed[::-1], dim=1)
+    return advantages, advantages + values
+
+
+def gae_case(p, mode):
+    b, t = p["B"], p["T"]
+    torch.manual_seed(0)
+    rewards, values = torch.randn(b, t), torch.randn(b, t)
+    half = max(t // 2, 1)
+    lens = (torch.arange(b) * 13) % half + half
+    mask = torch.arange(t).unsqueeze(0) < lens.unsqueeze(1)
+    if mode == "zero":
+        return "TRL lastgaelam loop", lambda: trl_gae(rewards, values, ~mask, 1.0, 0.95)
+    fmask = mask.float()
+    return "verl GAE loop", lambda: verl_gae(rewards, values, fmask, 1.0, 0.95)
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+
+def gpt2_config(p, n_positions):
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(
+        vocab_size=p["V"], n_positions=max(n_positions, 128), n_embd=p["C"], n_layer=p["L"], n_head=p["H"],
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new",
+        pad_token_id=0, bos_token_id=p["V"] - 1, eos_token_id=p["V"] - 1,
+    )
+    cfg._attn_implementation = "sdpa"  # torch's fused attention, as rlhf-lab's GPT uses
+    return cfg
+
+
+def adamw(model):
+    # The configs' optimiser; torch's default implementation on CPU (foreach is CUDA-only by default).
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+
+
+def sft_case(p):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    b, t, v = p["B"], p["T"], p["V"]
+    model = GPT2LMHeadModel(gpt2_config(p, t)).train()
+    opt = adamw(model)
+    gen = torch.Generator().manual_seed(1)
+
+    def step():
+        x = torch.randint(0, v, (b, t), generator=gen)
+        y = torch.randint(0, v, (b, t), generator=gen)
+        opt.zero_grad(set_to_none=False)
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.view(-1, v), y.view(-1))
+        loss.item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return "HF GPT2LMHeadModel + cross_entropy + AdamW", step
+
+
+def random_pairs(p):
+    gen = torch.Generator().manual_seed(1)
+    n, s, v = p["P"], p["S"], p["V"]
+    prompt = torch.randint(0, v, (n, PROMPT_LEN), generator=gen)
+    chosen = torch.randint(0, v, (n, s - PROMPT_LEN), generator=gen)
+    rejected = torch.randint(0, v, (n, s - PROMPT_LEN), generator=gen)
+    # Concatenated batch as TRL's `concatenated_inputs`: chosen rows, then rejected rows.
+    ids = torch.cat([torch.cat([prompt, chosen], 1), torch.cat([prompt, rejected], 1)], 0)  # (2P, S)
+    loss_mask = torch.zeros_like(ids, dtype=torch.bool)
+    loss_mask[:, PROMPT_LEN:] = True
+    return ids, loss_mask
+
+
+def dpo_case(p):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    n = p["P"]
+    model = GPT2LMHeadModel(gpt2_config(p, p["S"])).train()
+    opt = adamw(model)
+    ids, loss_mask = random_pairs(p)
+    attn = torch.ones_like(ids)
+
+    def logps(m):
+        logits = m(input_ids=ids, attention_mask=attn).logits[:, :-1]  # (2P, S-1, V)
+        labels = ids[:, 1:]
+        mask = loss_mask[:, 1:]
+        # TRL `selective_log_softmax`: log_softmax, then gather the labels.
+        per_token = torch.gather(logits.log_softmax(-1), 2, labels.unsqueeze(2)).squeeze(2)
+        return (per_token * mask).sum(-1)
+
+    with torch.no_grad():
+        ref = logps(model)  # precompute_ref_log_probs
+    ref_c, ref_r = ref[:n], ref[n:]
+    beta = 0.1
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        lp = logps(model)
+        pc, pr = lp[:n], lp[n:]
+        logits = (pc - pr) - (ref_c - ref_r)
+        losses = -F.logsigmoid(beta * logits)  # TRL `loss_type="sigmoid"`, label_smoothing 0
+        loss = losses.mean()
+        chosen_rewards = beta * (pc - ref_c).detach()
+        rejected_rewards = beta * (pr - ref_r).detach()
+        # TRL logs these every step (.item() on CPU).
+        for m in [loss, chosen_rewards.mean(), rejected_rewards.mean(), (chosen_rewards > rejected_rewards).float().mean(),
+                  (chosen_rewards - rejected_rewards).mean(), pc.mean(), pr.mean()]:
+            m.item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return "HF GPT-2 + TRL sigmoid DPO loss + AdamW", step
+
+
+def rm_case(p):
+    from transformers import GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    n = p["P"]
+    cfg = gpt2_config(p, p["S"])
+    cfg.num_labels = 1
+    model = GPT2ForSequenceClassification(cfg).train()
+    opt = adamw(model)
+    ids, _ = random_pairs(p)
+    ids[ids == cfg.pad_token_id] = 1  # no pad ids inside: the score is read at the last token
+    attn = torch.ones_like(ids)
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        r = model(input_ids=ids, attention_mask=attn).logits.squeeze(-1)  # (2P,)
+        loss = -F.logsigmoid(r[:n] - r[n:]).mean()  # TRL RewardTrainer.compute_loss
+        loss.item()
+        ((r[:n] > r[n:]).float().mean()).item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return "HF GPT2ForSequenceClassification + TRL reward loss + AdamW", step
+
+
+def sample_case(p):
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    b, n, v = p["B"], p["N"], p["V"]
+    model = GPT2LMHeadModel(gpt2_config(p, PROMPT_LEN + n)).eval()
+    gen = torch.Generator().manual_seed(2)
+    prompts = torch.randint(0, v, (b, PROMPT_LEN), generator=gen)
+
+    def run():
+        with torch.no_grad():
+            model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True, top_k=0,
+                           top_p=1.0, temperature=1.0, max_new_tokens=n, min_new_tokens=n, pad_token_id=0,
+                           eos_token_id=v - 1, use_cache=True)
+
+    return "HF generate (sampling, KV cache)", run
+
+
+def smollm2_case(p):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    # SmolLM2-135M-Instruct's architecture (the GGUF's metadata, as src/model/llama.rs reads it).
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2)
+    model = LlamaForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(3)
+    prompts = torch.randint(0, 49152, (p["B"], PROMPT_LEN), generator=gen)
+    n = p["N"]
+
+    def run():
+        with torch.no_grad():
+            model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                           max_new_tokens=n, min_new_tokens=n, use_cache=True)
+
+    return "HF LlamaForCausalLM generate (greedy, f32)", run
+
+
+def matmul_case(p):
+    torch.manual_seed(0)
+    a, b = torch.randn(p["n"], p["n"]), torch.randn(p["n"], p["n"])
+    return "torch.mm", lambda: torch.mm(a, b)
+
+
+def copy_case(p):
+    src, dst = torch.ones(p["n"]), torch.zeros(p["n"])
+    return "Tensor.copy_", lambda: dst.copy_(src)
+
+
+ANCHORS = {
+    "matmul": matmul_case,
+    "copy": copy_case,
+    "gae-zero": lambda p: gae_case(p, "zero"),
+    "gae-skip": lambda p: gae_case(p, "skip"),
+    "sft-step": sft_case,
+    "dpo-step": dpo_case,
+    "rm-step": rm_case,
+    "sample": sample_case,
+    "decode-smollm2": smollm2_case,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cases")
+    ap.add_argument("out")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--workloads", help="comma-separated: only these workloads")
+    ap.add_argument("--main-only", action="store_true", help="skip the scaling-curve cases")
+    args = ap.parse_args()
+    cases = json.load(open(args.cases))
+    wanted = set(args.workloads.split(",")) if args.workloads else set(ANCHORS)
+    out = {}
+    todo = [c for c in cases if not c.get("busy") and c.get("wait_policy", "default") == "default"
+            and not c.get("system_malloc")
+            and c["workload"] in ANCHORS and c["workload"] in wanted
+            and not (args.main_only and c.get("family"))]
+    for i, c in enumerate(todo):
+        torch.set_num_threads(c["threads"])
+        name, fn = ANCHORS[c["workload"]](c["params"])
+        t = time_it(fn, args.quick)
+        out[key(c)] = {"name": name, **t}
+        print(f"anchor {i + 1}/{len(todo)} {key(c)}: {t['median_ms']:.2f} ms", file=sys.stderr, flush=True)
+    json.dump(out, open(args.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,760 @@
+//! The performance suite behind `rlhf-lab bench` (`make bench`): every workload of the library timed
+//! on this machine, beside its PyTorch equivalent (`benches/anchors/perf_anchors.py`, same shapes, same
+//! run), next to the machine's own ceilings, written to `reports/perf.md` with figures.
+//!
+//! Workloads (sizes of the full suite; `--quick` shrinks every one so CI only checks that it runs):
+//!
+//! | workload | what is timed | anchor (PyTorch eager, same shapes) |
+//! |---|---|---|
+//! | `matmul` | `A @ B`, `n × n` f32: the compute ceiling | `torch.mm` |
+//! | `copy` | `dst.copy_(src)`, 64 Mi f32: the memory-bandwidth ceiling | `Tensor.copy_` |
+//! | `gae-zero`, `gae-skip` | `core::advantages::gae` on `(B, T)` f32 with ragged padding | TRL's / verl's loop |
+//! | `sft-step` | one step of `train::sft`: forward, NLL, backward, clip, AdamW | HF `GPT2LMHeadModel` + `cross_entropy` |
+//! | `dpo-step` | one step of `train::dpo`: policy pair log-probs, DPO loss (cached reference), update | HF GPT-2 + TRL's sigmoid loss |
+//! | `rm-step` | one step of `train::rm`: pair scores, Bradley–Terry loss, update | HF `GPT2ForSequenceClassification` + TRL's loss |
+//! | `sample` | `model::generate` with the KV cache, plain sampling | HF `generate(do_sample=True)` |
+//! | `decode-smollm2` | greedy batch-1 decoding of SmolLM2-135M (f32) | HF `LlamaForCausalLM.generate`, same config |
+//!
+//! Each case is warmed up once, then repeated until it has run `min_reps` times and `min_secs`
+//! seconds; the report gives the median and the interquartile range. Cases that need a fresh process
+//! (a competing CPU-bound process, libgomp's passive wait policy, which libgomp reads only at start-up)
+//! run in a child `rlhf-lab bench --case <json>`.
+//!
+//! FLOP counts: a training step costs `6·N + 12·L·C·T` FLOPs per token (Kaplan et al. 2020 Table 1, the
+//! attention term as in Chowdhery et al. 2022 App. B), with `N` the matmul parameters
+//! (`12·L·C²` for the blocks + `V·C` for the tied LM head); a forward-only token costs a third of that.
+
+use crate::core::advantages::{gae, GaeConfig, MaskedSteps};
+use crate::core::masked::{aggregate, EmptyRows, LossAgg};
+use crate::error::{Result, RlhfError};
+use crate::model::generate::{generate, GenerationConfig};
+use crate::model::gpt::{Gpt, GptConfig};
+use crate::model::CausalLm;
+use crate::rng::SplitMix64;
+use crate::train::batch::{Padding, PromptCompletion, RankedGroup};
+use crate::train::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// A median time and its spread over the repetitions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub q1_ms: f64,
+    pub q3_ms: f64,
+    pub reps: usize,
+}
+
+/// The anchor's measurement of a case (filled in by `benches/anchors/perf_anchors.py`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// What ran, e.g. `"HF GPT2LMHeadModel + torch.optim.AdamW"`.
+    pub name: String,
+    #[serde(flatten)]
+    pub timing: Timing,
+}
+
+/// One workload at one size, thread count and machine condition, with its measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    /// The workload (see the module table).
+    pub workload: String,
+    /// Its sizes, e.g. `{"B": 16, "T": 128}` (names as in the shape comments of the code).
+    pub params: BTreeMap<String, i64>,
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// A competing CPU-bound process (`sh` busy loop) ran during the measurement.
+    #[serde(default)]
+    pub busy: bool,
+    /// libgomp's wait policy: `default` (spin, then sleep) or `passive` (`OMP_WAIT_POLICY=PASSIVE`).
+    #[serde(default = "default_policy")]
+    pub wait_policy: String,
+    /// Run with glibc's default allocator parameters (`RLHF_LAB_MALLOC=system`) instead of
+    /// [`crate::alloc::keep_freed_memory`].
+    #[serde(default)]
+    pub system_malloc: bool,
+    /// The figure family this case belongs to (scaling curves), if any.
+    #[serde(default)]
+    pub family: Option<String>,
+    /// Floating-point operations of one repetition (model FLOP count, see the module docs).
+    pub flops: Option<f64>,
+    /// Bytes one repetition must move at least (inputs read + outputs written).
+    pub bytes: Option<f64>,
+    /// Tokens one repetition processes (trained on or generated).
+    pub tokens: Option<f64>,
+    /// rlhf-lab's time.
+    pub rust: Option<Timing>,
+    /// The PyTorch equivalent's time.
+    pub anchor: Option<Anchor>,
+    /// The PyTorch equivalent's time with rlhf-lab's allocator policy (`crate::alloc`) set through
+    /// glibc's environment variables (training steps only).
+    #[serde(default)]
+    pub anchor_same_malloc: Option<Anchor>,
+    /// Why a measurement is missing, if it is.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+fn default_policy() -> String {
+    "default".into()
+}
+
+impl Case {
+    fn new(workload: &str, params: &[(&str, i64)], threads: i32) -> Self {
+        Case {
+            workload: workload.into(),
+            params: params.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            threads,
+            busy: false,
+            wait_policy: default_policy(),
+            system_malloc: false,
+            family: None,
+            flops: None,
+            bytes: None,
+            tokens: None,
+            rust: None,
+            anchor: None,
+            anchor_same_malloc: None,
+            note: None,
+        }
+    }
+
+    fn family(mut self, f: &str) -> Self {
+        self.family = Some(f.into());
+        self
+    }
+
+    /// `workload k=v … threads=n [busy] [passive]`: unique within a suite.
+    pub fn key(&self) -> String {
+        let mut k = self.workload.clone();
+        for (n, v) in &self.params {
+            k.push_str(&format!(" {n}={v}"));
+        }
+        k.push_str(&format!(" threads={}", self.threads));
+        if self.busy {
+            k.push_str(" busy");
+        }
+        if self.wait_policy != "default" {
+            k.push_str(&format!(" {}", self.wait_policy));
+        }
+        if self.system_malloc {
+            k.push_str(" system-malloc");
+        }
+        k
+    }
+
+    fn p(&self, name: &str) -> Result<i64> {
+        self.params
+            .get(name)
+            .copied()
+            .ok_or_else(|| RlhfError::invalid("case", format!("{} has no {name}", self.key())))
+    }
+
+    /// Whether it must run in a fresh child process.
+    fn needs_child(&self) -> bool {
+        self.busy || self.wait_policy != "default" || self.system_malloc
+    }
+}
+
+/// How long each case runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub warmup: usize,
+    pub min_reps: usize,
+    pub min_secs: f64,
+    pub max_reps: usize,
+}
+
+impl Budget {
+    pub fn full() -> Self {
+        Budget {
+            warmup: 1,
+            min_reps: 5,
+            min_secs: 1.0,
+            max_reps: 50,
+        }
+    }
+    pub fn quick() -> Self {
+        Budget {
+            warmup: 0,
+            min_reps: 2,
+            min_secs: 0.0,
+            max_reps: 2,
+        }
+    }
+}
+
+/// Runs `f` `warmup` times, then until both `min_reps` and `min_secs` are reached (at most `max_reps`,
+/// and at least 3 repetitions once 30 s have passed).
+pub fn time_it(budget: Budget, mut f: impl FnMut() -> Result<()>) -> Result<Timing> {
+    for _ in 0..budget.warmup {
+        f()?;
+    }
+    let start = Instant::now();
+    let mut ms = Vec::new();
+    loop {
+        let t0 = Instant::now();
+        f()?;
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        let spent = start.elapsed().as_secs_f64();
+        let enough = ms.len() >= budget.min_reps && spent >= budget.min_secs;
+        if enough || ms.len() >= budget.max_reps || (spent > 30.0 && ms.len() >= 3) {
+            break;
+        }
+    }
+    Ok(timing_of(&mut ms))
+}
+
+/// Median and quartiles (linear interpolation) of `ms`.
+pub fn timing_of(ms: &mut [f64]) -> Timing {
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let x = p * (ms.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        ms[lo] + (ms[hi] - ms[lo]) * (x - lo as f64)
+    };
+    Timing {
+        median_ms: q(0.5),
+        q1_ms: q(0.25),
+        q3_ms: q(0.75),
+        reps: ms.len(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The plan
+// ---------------------------------------------------------------------------------------------------
+
+/// Every case of the suite, in run order. `threads`: the thread count of the main rows (the thread
+/// policy rows use 1 and 2 regardless).
+pub fn plan(quick: bool, threads: i32) -> Vec<Case> {
+    let th = threads;
+    let mut c = Vec::new();
+    if quick {
+        for t in [1, 2] {
+            c.push(Case::new("matmul", &[("n", 128)], t));
+            c.push(Case::new("copy", &[("n", 1 << 20)], t));
+        }
+        c.push(Case::new("gae-zero", &[("B", 8), ("T", 64)], th));
+        c.push(Case::new("gae-skip", &[("B", 8), ("T", 64)], th));
+        let tiny = [("V", 512), ("C", 32), ("L", 1), ("H", 2)];
+        let with = |extra: &[(&'static str, i64)]| -> Vec<(&'static str, i64)> {
+            tiny.iter().chain(extra).copied().collect()
+        };
+        c.push(Case::new("sft-step", &with(&[("B", 2), ("T", 16)]), th));
+        c.push(Case::new("dpo-step", &with(&[("P", 2), ("S", 12)]), th));
+        c.push(Case::new("rm-step", &with(&[("P", 2), ("S", 12)]), th));
+        c.push(Case::new("sample", &with(&[("B", 2), ("N", 4)]), th));
+        c.push(Case::new("decode-smollm2", &[("B", 1), ("N", 2)], 1));
+        let mut busy = Case::new("gae-zero", &[("B", 8), ("T", 64)], 2).family("threads");
+        busy.busy = true;
+        busy.wait_policy = "passive".into();
+        c.push(busy);
+        let mut system = Case::new("sft-step", &with(&[("B", 2), ("T", 16)]), th).family("malloc");
+        system.system_malloc = true;
+        c.push(system);
+    } else {
+        // Ceilings at every thread count used below.
+        for t in [1, 2] {
+            c.push(Case::new("matmul", &[("n", 1024)], t));
+            c.push(Case::new("copy", &[("n", 64 << 20)], t));
+        }
+        // GAE: the shape in both masked-step modes, then cost vs T and vs B.
+        c.push(Case::new("gae-zero", &[("B", 256), ("T", 1024)], th));
+        c.push(Case::new("gae-skip", &[("B", 256), ("T", 1024)], th));
+        for t in [64, 256, 4096, 8192] {
+            c.push(Case::new("gae-zero", &[("B", 256), ("T", t)], th).family("gae-T"));
+        }
+        for b in [16, 64, 1024] {
+            c.push(Case::new("gae-zero", &[("B", b), ("T", 1024)], th).family("gae-B"));
+        }
+        let gpt = [("V", 8192), ("C", 128), ("L", 4), ("H", 4)];
+        let with = |extra: &[(&'static str, i64)]| -> Vec<(&'static str, i64)> {
+            gpt.iter().chain(extra).copied().collect()
+        };
+        // Training steps on the sft-small GPT: the batch at 1 and 2 threads, then scaling.
+        for t in [1, 2] {
+            c.push(Case::new("sft-step", &with(&[("B", 16), ("T", 128)]), t));
+        }
+        for b in [4, 8, 32] {
+            c.push(Case::new("sft-step", &with(&[("B", b), ("T", 128)]), th).family("sft-B"));
+        }
+        for t in [32, 64] {
+            c.push(Case::new("sft-step", &with(&[("B", 16), ("T", t)]), th).family("sft-T"));
+        }
+        // DPO and RM at the small scale's batch: 16 pairs of 8 prompt + 24 completion tokens.
+        c.push(Case::new("dpo-step", &with(&[("P", 16), ("S", 32)]), th));
+        c.push(Case::new("rm-step", &with(&[("P", 16), ("S", 32)]), th));
+        // The allocator policy's share: the three training steps with glibc's defaults.
+        for (w, extra) in [
+            ("sft-step", [("B", 16), ("T", 128)]),
+            ("dpo-step", [("P", 16), ("S", 32)]),
+            ("rm-step", [("P", 16), ("S", 32)]),
+        ] {
+            let mut k = Case::new(w, &with(&extra), th).family("malloc");
+            k.system_malloc = true;
+            c.push(k);
+        }
+        // Sampling: the two shapes, then cost vs batch.
+        let v512 = [
+            ("V", 512),
+            ("C", 128),
+            ("L", 4),
+            ("H", 4),
+            ("B", 8),
+            ("N", 128),
+        ];
+        c.push(Case::new("sample", &v512, th));
+        c.push(Case::new("sample", &with(&[("B", 64), ("N", 32)]), th));
+        for b in [1, 8, 256] {
+            c.push(Case::new("sample", &with(&[("B", b), ("N", 32)]), th).family("sample-B"));
+        }
+        c.push(Case::new("decode-smollm2", &[("B", 1), ("N", 32)], 1));
+        // Thread policy: GAE and an SFT step at 1 and 2 threads, idle vs a competing process, with
+        // libgomp's default and passive wait policies.
+        for (w, params) in [
+            ("gae-zero", vec![("B", 256), ("T", 1024)]),
+            ("sft-step", with(&[("B", 16), ("T", 128)])),
+        ] {
+            for t in [1, 2] {
+                for busy in [false, true] {
+                    for policy in ["default", "passive"] {
+                        if !busy && policy == "default" {
+                            continue; // the idle default rows are above
+                        }
+                        let mut k = Case::new(w, &params, t).family("threads");
+                        k.busy = busy;
+                        k.wait_policy = policy.into();
+                        c.push(k);
+                    }
+                }
+            }
+        }
+    }
+    for k in &mut c {
+        fill_work(k);
+    }
+    c
+}
+
+/// FLOPs / bytes / tokens of one repetition (see the module docs).
+fn fill_work(k: &mut Case) {
+    let g = |n: &str| k.params.get(n).copied().unwrap_or(0) as f64;
+    let (v, c, l) = (g("V"), g("C"), g("L"));
+    let n_blocks = 12.0 * l * c * c;
+    match k.workload.as_str() {
+        "matmul" => k.flops = Some(2.0 * g("n").powi(3)),
+        "copy" => k.bytes = Some(8.0 * g("n")),
+        "gae-zero" | "gae-skip" => k.bytes = Some(17.0 * g("B") * g("T")), // r, v f32 + mask + 2 outputs
+        "sft-step" => {
+            let tokens = g("B") * g("T");
+            k.tokens = Some(tokens);
+            k.flops = Some((6.0 * (n_blocks + v * c) + 12.0 * l * c * g("T")) * tokens);
+        }
+        "dpo-step" | "rm-step" => {
+            let tokens = 2.0 * g("P") * g("S");
+            let head = if k.workload == "dpo-step" { v * c } else { 0.0 };
+            k.tokens = Some(tokens);
+            k.flops = Some((6.0 * (n_blocks + head) + 12.0 * l * c * g("S")) * tokens);
+        }
+        "sample" => {
+            let tokens = g("B") * g("N");
+            let ctx = PROMPT_LEN as f64 + g("N") / 2.0;
+            k.tokens = Some(tokens);
+            k.flops = Some((2.0 * (n_blocks + v * c) + 4.0 * l * c * ctx) * tokens);
+        }
+        "decode-smollm2" => k.tokens = Some(g("B") * g("N")), // bytes and FLOPs once loaded
+        _ => {}
+    }
+}
+
+/// Prompt tokens of the sampling and preference workloads.
+const PROMPT_LEN: i64 = 8;
+
+// ---------------------------------------------------------------------------------------------------
+// Running the cases
+// ---------------------------------------------------------------------------------------------------
+
+/// Random token ids in `[0, v)` (SplitMix64, seeded).
+fn random_ids(rng: &mut SplitMix64, n: usize, v: i64) -> Vec<i64> {
+    (0..n).map(|_| rng.below(v as usize) as i64).collect()
+}
+
+/// A GPT with `vs` of the case's sizes (seed 0).
+fn gpt_of(k: &Case, t: i64) -> Result<(nn::VarStore, Gpt)> {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = GptConfig::new(k.p("V")?, t.max(128), k.p("C")?, k.p("L")?, k.p("H")?);
+    let model = Gpt::new(&vs.root(), cfg)?;
+    Ok((vs, model))
+}
+
+/// The optimiser of the small configs (`configs/*-small.toml`: β = (0.9, 0.95), weight decay 0.1).
+fn adamw(vs: &nn::VarStore) -> Result<AdamW> {
+    AdamW::new(
+        vs,
+        AdamWConfig {
+            beta2: 0.95,
+            ..AdamWConfig::default()
+        },
+    )
+}
+
+/// `P` preference pairs of `PROMPT_LEN` prompt and `S − PROMPT_LEN` completion tokens each.
+fn random_pairs(k: &Case) -> Result<Vec<RankedGroup>> {
+    let (p, s, v) = (k.p("P")?, k.p("S")?, k.p("V")?);
+    let mut rng = SplitMix64::new(1);
+    let n_completion = (s - PROMPT_LEN).max(1) as usize;
+    Ok((0..p as usize)
+        .map(|i| {
+            let prompt = random_ids(&mut rng, PROMPT_LEN as usize, v);
+            RankedGroup {
+                line: i + 1,
+                completions: (0..2)
+                    .map(|_| PromptCompletion {
+                        prompt: prompt.clone(),
+                        completion: random_ids(&mut rng, n_completion, v),
+                    })
+                    .collect(),
+                scores: None,
+            }
+        })
+        .collect())
+}
+
+/// Times one case in this process (threads set here; `busy`/`wait_policy` are the caller's business).
+pub fn run_case(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
+    tch::set_num_threads(k.threads);
+    let lr = 1e-4;
+    match k.workload.as_str() {
+        "matmul" => {
+            let n = k.p("n")?;
+            tch::manual_seed(0);
+            let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+            let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu));
+            time_it(budget, || {
+                let _ = a.f_matmul(&b)?;
+                Ok(())
+            })
+        }
+        "copy" => {
+            let n = k.p("n")?;
+            let src = Tensor::ones([n], (Kind::Float, Device::Cpu));
+            let mut dst = Tensor::zeros([n], (Kind::Float, Device::Cpu));
+            time_it(budget, || {
+                dst.f_copy_(&src)?;
+                Ok(())
+            })
+        }
+        "gae-zero" | "gae-skip" => {
+            let (b, t) = (k.p("B")?, k.p("T")?);
+            tch::manual_seed(0);
+            let rewards = Tensor::randn([b, t], (Kind::Float, Device::Cpu));
+            let values = Tensor::randn([b, t], (Kind::Float, Device::Cpu));
+            // Ragged responses: row i has T/2 + (13 i mod T/2) tokens (benches/gae.rs's layout).
+            let half = (t / 2).max(1);
+            let lens = (Tensor::arange(b, (Kind::Int64, Device::Cpu)) * 13).remainder(half) + half;
+            let mask = Tensor::arange(t, (Kind::Int64, Device::Cpu))
+                .unsqueeze(0)
+                .lt_tensor(&lens.unsqueeze(1));
+            let cfg = GaeConfig {
+                gamma: 1.0,
+                lam: 0.95,
+                masked_steps: if k.workload == "gae-zero" {
+                    MaskedSteps::Zero
+                } else {
+                    MaskedSteps::Skip
+                },
+            };
+            time_it(budget, || {
+                gae(&rewards, &values, &mask, &cfg)?;
+                Ok(())
+            })
+        }
+        "sft-step" => {
+            let (b, t) = (k.p("B")?, k.p("T")?);
+            let (vs, model) = gpt_of(k, t)?;
+            let mut opt = adamw(&vs)?;
+            let mut rng = SplitMix64::new(1);
+            let v = k.p("V")?;
+            let ids = |rng: &mut SplitMix64| {
+                Tensor::from_slice(&random_ids(rng, (b * t) as usize, v)).view([b, t])
+            };
+            let mask = Tensor::ones([b, t], (Kind::Int64, Device::Cpu));
+            time_it(budget, || {
+                // train::sft's step: zero_grad, NLL → token mean, backward, clip at 1, AdamW.
+                let (x, y) = (ids(&mut rng), ids(&mut rng));
+                opt.zero_grad();
+                let nll = crate::train::sft::token_nll(&model, &x, &y, &mask, true)?; // (B, T)
+                let loss = aggregate(&nll, &mask, LossAgg::TokenMean, EmptyRows::Ignore)?;
+                let _ = loss.f_double_value(&[])?;
+                loss.f_backward()?;
+                clip_grad_norm(&opt.params(), 1.0)?;
+                opt.step(lr)
+            })
+        }
+        "dpo-step" => {
+            use crate::train::dpo::{objective, pair_logps, reference_logps, DpoLossSection};
+            let pairs = random_pairs(k)?;
+            let refs: Vec<&RankedGroup> = pairs.iter().collect();
+            let (vs, model) = gpt_of(k, k.p("S")?)?;
+            let (rc, rr) =
+                reference_logps(&model, &pairs, pairs.len(), 0, Padding::Right, Device::Cpu)?;
+            let mut opt = adamw(&vs)?;
+            let loss_cfg = DpoLossSection {
+                objective: crate::train::dpo::DpoObjective::Dpo,
+                beta: 0.1,
+                label_smoothing: None,
+                alpha: None,
+                ipo_length_normalize: true,
+            };
+            time_it(budget, || {
+                opt.zero_grad();
+                let lp = pair_logps(&model, &refs, 0, Padding::Right, Device::Cpu, true)?;
+                let (loss, _stats) = objective(&loss_cfg, &lp, &rc, &rr)?;
+                loss.f_backward()?;
+                clip_grad_norm(&opt.params(), 1.0)?;
+                opt.step(lr)
+            })
+        }
+        "rm-step" => {
+            use crate::train::rm::{group_rewards, rm_loss, RmLoss, RmLossSection};
+            let pairs = random_pairs(k)?;
+            let refs: Vec<&RankedGroup> = pairs.iter().collect();
+            let (vs, model) = gpt_of(k, k.p("S")?)?;
+            let mut opt = adamw(&vs)?;
+            let loss_cfg = RmLossSection {
+                kind: RmLoss::Pairwise,
+                margin_scale: 0.0,
+                center_coef: 0.0,
+            };
+            time_it(budget, || {
+                opt.zero_grad();
+                let r = group_rewards(&model, &refs, 0, Device::Cpu, true)?; // (P, 2)
+                let (loss, _stats) = rm_loss(&r, &refs, &loss_cfg)?;
+                loss.f_backward()?;
+                clip_grad_norm(&opt.params(), 1.0)?;
+                opt.step(lr)
+            })
+        }
+        "sample" => {
+            let (b, n, v) = (k.p("B")?, k.p("N")?, k.p("V")?);
+            let (_vs, model) = gpt_of(k, PROMPT_LEN + n)?;
+            let mut rng = SplitMix64::new(2);
+            let prompts: Vec<Vec<i64>> = (0..b)
+                .map(|_| random_ids(&mut rng, PROMPT_LEN as usize, v))
+                .collect();
+            let mut cfg = GenerationConfig::new(n as usize, v - 1, 0);
+            cfg.min_new_tokens = n as usize; // every row generates N tokens, as the anchor does
+            let mut seed = 0;
+            time_it(budget, || {
+                seed += 1;
+                cfg.seed = seed;
+                generate(&model, &prompts, &cfg)?;
+                Ok(())
+            })
+        }
+        "decode-smollm2" => {
+            let (b, n) = (k.p("B")?, k.p("N")?);
+            let path = data_dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+            let (model, tok) = crate::model::llama::Llama::from_gguf(&path, Device::Cpu)?;
+            let mut rng = SplitMix64::new(3);
+            let prompts: Vec<Vec<i64>> = (0..b)
+                .map(|_| random_ids(&mut rng, PROMPT_LEN as usize, model.vocab_size()))
+                .collect();
+            let mut cfg = GenerationConfig::new(n as usize, tok.eos_id(), tok.pad_id());
+            cfg.temperature = 0.0;
+            cfg.min_new_tokens = n as usize;
+            time_it(budget, || {
+                generate(&model, &prompts, &cfg)?;
+                Ok(())
+            })
+        }
+        w => Err(RlhfError::invalid(
+            "workload",
+            format!("unknown workload {w:?}"),
+        )),
+    }
+}
+
+/// Facts about SmolLM2 the report needs: weight bytes read per decoded token (f32 and bf16) and
+/// forward FLOPs per token. `None` when the GGUF file is missing.
+fn smollm2_facts(data_dir: &Path) -> Option<(f64, f64)> {
+    let path = data_dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (model, _) = crate::model::llama::Llama::from_gguf(&path, Device::Cpu).ok()?;
+    let params: f64 = model
+        .var_store()
+        .variables()
+        .values()
+        .map(|t| t.numel() as f64)
+        .sum();
+    Some((4.0 * params, 2.0 * params))
+}
+
+/// Runs a case in a fresh child process (`rlhf-lab bench --case <json>`), with a competing busy
+/// loop if `k.busy` and `OMP_WAIT_POLICY=PASSIVE` if asked.
+fn run_in_child(k: &Case, quick: bool) -> Result<Timing> {
+    let exe = std::env::current_exe().map_err(|e| RlhfError::io("current_exe", e))?;
+    let json = serde_json::to_string(k).map_err(|e| RlhfError::invalid("case", e.to_string()))?;
+    let competitor = if k.busy {
+        Some(
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .map_err(|e| RlhfError::io("sh (competing process)", e))?,
+        )
+    } else {
+        None
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["bench", "--case", &json]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if k.system_malloc {
+        cmd.env("RLHF_LAB_MALLOC", "system");
+    } else {
+        cmd.env_remove("RLHF_LAB_MALLOC");
+    }
+    if k.wait_policy == "passive" {
+        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+    } else {
+        cmd.env_remove("OMP_WAIT_POLICY");
+    }
+    let out = cmd.output();
+    if let Some(mut c) = competitor {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let out = out.map_err(|e| RlhfError::io("rlhf-lab bench --case", e))?;
+    if !out.status.success() {
+        return Err(RlhfError::invalid(
+            "case",
+            format!(
+                "{} failed in its child process: {}",
+                k.key(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| RlhfError::invalid("case", format!("{}: child output: {e}", k.key())))
+}
+
+/// Options of [`run_suite`].
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    pub quick: bool,
+    /// Threads of the main rows.
+    pub threads: i32,
+    /// Only the workloads whose name starts with one of these (empty: all).
+    pub only: Vec<String>,
+    /// Where `cases.json`, `anchors.json` and the figures go; the report goes to `report`.
+    pub work_dir: PathBuf,
+    /// The markdown report to write (its figures beside it, in `<stem>/`).
+    pub report: PathBuf,
+    /// Run the PyTorch anchors with this Python (the project venv's); `None`: no anchors.
+    pub python: Option<PathBuf>,
+    pub data_dir: PathBuf,
+}
+
+/// Runs every planned case (with a progress bar), then the anchors, then writes the report. Returns
+/// the cases with their measurements.
+pub fn run_suite(opts: &SuiteOptions) -> Result<Vec<Case>> {
+    let budget = if opts.quick {
+        Budget::quick()
+    } else {
+        Budget::full()
+    };
+    let mut cases: Vec<Case> = plan(opts.quick, opts.threads)
+        .into_iter()
+        .filter(|k| opts.only.is_empty() || opts.only.iter().any(|o| k.workload.starts_with(o)))
+        .collect();
+    std::fs::create_dir_all(&opts.work_dir).map_err(|e| RlhfError::io(&opts.work_dir, e))?;
+    let bar = indicatif::ProgressBar::new(cases.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let smol = smollm2_facts(&opts.data_dir);
+    for k in &mut cases {
+        bar.set_message(k.key());
+        if k.workload == "decode-smollm2" {
+            match smol {
+                Some((bytes_f32, _)) => {
+                    let n = k.tokens.unwrap_or(0.0);
+                    k.bytes = Some(bytes_f32 * n);
+                    k.flops = Some(bytes_f32 / 2.0 * n); // 2 FLOPs per parameter, 4 bytes each
+                }
+                None => {
+                    k.note = Some("SmolLM2 GGUF missing: run datasets/fetch.py".into());
+                    bar.inc(1);
+                    continue;
+                }
+            }
+        }
+        let t = if k.needs_child() {
+            run_in_child(k, opts.quick)
+        } else {
+            run_case(k, budget, &opts.data_dir)
+        };
+        match t {
+            Ok(t) => k.rust = Some(t),
+            Err(e) => k.note = Some(e.to_string()),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let cases_path = opts.work_dir.join("cases.json");
+    crate::io::write_json(&cases_path, &cases)?;
+    if let Some(py) = &opts.python {
+        // Default allocator (what a PyTorch user gets), then the training steps again with rlhf-lab's
+        // allocator policy, so the report separates the allocator from the rest.
+        let runs: [(&str, Option<&str>, &[(&str, &str)]); 2] = [
+            ("anchors.json", None, &[]),
+            (
+                "anchors-same-malloc.json",
+                Some("sft-step,dpo-step,rm-step"),
+                &[
+                    ("MALLOC_MMAP_MAX_", "0"),
+                    ("MALLOC_TRIM_THRESHOLD_", "2147483647"),
+                ],
+            ),
+        ];
+        for (i, (file, workloads, env)) in runs.iter().enumerate() {
+            let anchors = opts.work_dir.join(file);
+            let mut cmd = std::process::Command::new(py);
+            cmd.arg("benches/anchors/perf_anchors.py")
+                .arg(&cases_path)
+                .arg(&anchors);
+            if opts.quick {
+                cmd.arg("--quick");
+            }
+            if let Some(w) = workloads {
+                cmd.args(["--workloads", w, "--main-only"]);
+            }
+            cmd.envs(env.iter().copied());
+            let status = cmd.status().map_err(|e| RlhfError::io(py, e))?;
+            if !status.success() {
+                return Err(RlhfError::invalid(
+                    "anchors",
+                    format!("benches/anchors/perf_anchors.py exited with {status}"),
+                ));
+            }
+            let by_key: BTreeMap<String, Anchor> = crate::io::read_json(&anchors)?;
+            for k in &mut cases {
+                let a = by_key.get(&k.key()).cloned();
+                if i == 0 {
+                    k.anchor = a;
+                } else {
+                    k.anchor_same_malloc = a;
+                }
+            }
+        }
+        crate::io::write_json(&cases_path, &cases)?;
+    }
+    crate::pipeline::perf_report::write(&opts.report, &cases, smol, opts)?;
+    Ok(cases)
+}
