@@ -7,6 +7,7 @@
 #   make notebooks   execute all notebooks in place (outputs + static SVGs, to commit) and export offline
 #                    HTML reports to reports/notebooks/
 #   make lab         open the notebooks in JupyterLab with the "Rust (rlhf-lab)" kernel
+#   make bench       the performance suite beside PyTorch (reports/perf.md)
 # Nothing needs exporting: .cargo/config.toml points tch at .venv/libtorch, build.rs writes a RUNPATH, and
 # the kernel spec written by kernel/install.sh carries its own environment.
 #
@@ -23,7 +24,7 @@ CARGO_ENV = LIBTORCH="$$(readlink -f .venv/libtorch)"
 
 PY := .venv/bin/python
 
-.PHONY: setup setup-core demo worked-example reproduce-small test test-notebooks notebooks lab bench clean-venv
+.PHONY: setup setup-core demo worked-example reproduce-small test test-notebooks notebooks lab bench bench-quick clean-venv
 
 # torch venv + data: all the main job needs.
 setup-core:
@@ -64,8 +65,15 @@ LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: setup
 	env -u CARGO_TARGET_DIR .venv/bin/jupyter lab $(LAB_ARGS) notebooks/
 
+# The performance suite: every workload beside its PyTorch/HF anchor in one run -> reports/perf.md and
+# reports/perf/ (figures, cases.json). ≈ 10 min on 2 cores; keep the machine otherwise idle.
 bench: setup-core
-	$(CARGO_ENV) $(CARGO) bench --bench gae
+	$(CARGO_ENV) $(CARGO) build --release --quiet --bin rlhf-lab
+	$(CARGO_TARGET_DIR)/release/rlhf-lab bench
+
+# Tiny shapes: checks that every workload and anchor runs (tests/bench.rs does this in `make test`).
+bench-quick: setup-core
+	$(CARGO_ENV) $(CARGO) run --release --quiet --bin rlhf-lab -- bench --quick
 
 # Removes this checkout's link to the venv (the cached venv stays; delete $(RLHF_LAB_CACHE) to drop it).
 clean-venv:

@@ -11,8 +11,8 @@ use prefs::*;
 use rlhf_lab::core::dpo::{dpo_loss, DpoConfig, DpoVariant, PairLogps};
 use rlhf_lab::core::logprobs::sequence_log_probs;
 use rlhf_lab::train::batch::{
-    collate_groups, completion_token_logps_from_logits, load_preference_groups, Padding,
-    PreferenceFormat, PreferenceSplits,
+    collate_groups, completion_token_logps, completion_token_logps_from_logits,
+    load_preference_groups, Padding, PreferenceFormat, PreferenceSplits,
 };
 use rlhf_lab::train::dpo::{
     pair_logps, reference_logps, run_dpo, DpoObjective, DpoSummary, DpoTrainConfig, RunOptions,
@@ -252,6 +252,82 @@ fn prompt_tokens_receive_no_gradient() {
         .sum(Kind::Double)
         .double_value(&[]);
     assert_eq!(off, 0.0);
+}
+
+/// The trainers' path, which runs the LM head only at completion targets, equals the full-logits
+/// reference path: the log-probs to float rounding, exactly 0 off the completion, and the gradient of
+/// every parameter (so the gather / scatter carries the backward pass too), for both paddings.
+#[test]
+fn gathered_completion_logps_equal_the_full_logits_path() {
+    let (lm, splits) = fixture_lm_and_pairs();
+    let _g = torch_lock();
+    let pairs: Vec<_> = splits.train.iter().take(6).collect();
+    let model = lm.lm();
+    let params: Vec<Tensor> = lm.vs.trainable_variables();
+    assert!(!params.is_empty());
+    let grads = |logps: &Tensor| -> Vec<Tensor> {
+        for p in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        logps.sum(Kind::Float).backward();
+        // The value and score heads get no gradient (undefined): compare them as zeros.
+        params
+            .iter()
+            .map(|p| {
+                let g = p.grad();
+                if g.defined() {
+                    g.copy()
+                } else {
+                    p.zeros_like()
+                }
+            })
+            .collect()
+    };
+    for padding in [Padding::Right, Padding::Left] {
+        let batch = collate_groups(&pairs, lm.tokenizer.pad_id(), padding, Device::Cpu).unwrap();
+        let (fast, mask) = completion_token_logps(model, &batch, false).unwrap();
+        let g_fast = grads(&fast);
+        let h = model
+            .forward_hidden(
+                &batch.input_ids,
+                &batch.attention_mask,
+                &batch.position_ids,
+                None,
+                false,
+            )
+            .unwrap();
+        let logits = model.lm_logits(&h).unwrap();
+        let (full, full_mask) = completion_token_logps_from_logits(&logits, &batch).unwrap();
+        let g_full = grads(&full);
+        assert_eq!(mask.size(), full_mask.size());
+        assert_eq!(
+            (&mask - &full_mask)
+                .abs()
+                .sum(Kind::Double)
+                .double_value(&[]),
+            0.0
+        );
+        let diff = (&fast - &full).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{padding:?}: log-probs differ by {diff}");
+        let off = (fast.abs() * (mask.ones_like() - &mask))
+            .sum(Kind::Double)
+            .double_value(&[]);
+        assert_eq!(off, 0.0, "{padding:?}: log-prob off the completion");
+        let mut compared = 0;
+        for (a, b) in g_fast.iter().zip(&g_full) {
+            let scale = b.abs().max().double_value(&[]).max(1e-6);
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(
+                d <= 1e-4 * scale,
+                "{padding:?}: gradient differs by {d} (scale {scale})"
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, params.len());
+    }
 }
 
 /// The same pairs padded left and right give the same sequence log-probs and token counts.

@@ -4,7 +4,7 @@ shapes, run from the project venv (torch 2.11.0, transformers 4.57.6) right afte
     .venv/bin/python benches/anchors/perf_anchors.py target/bench/cases.json target/bench/anchors.json
 
 Reads the cases rlhf-lab measured and writes {case key: {name, median_ms, q1_ms, q3_ms, reps}} for every
-case that has an anchor (idle machine, default wait policy). What each anchor is:
+case that has an anchor (no competing process, default wait policy, not the glibc-defaults variants). What each anchor is:
 
   matmul, copy      torch.mm, Tensor.copy_
   gae-zero          TRL PPOTrainer's `lastgaelam` loop (masked steps zeroed first)
@@ -20,6 +20,7 @@ case that has an anchor (idle machine, default wait policy). What each anchor is
                     min_new_tokens = max_new_tokens
   decode-smollm2    HF LlamaForCausalLM with SmolLM2-135M's config (random f32 weights: decoding cost does
                     not depend on the values), greedy `generate`, KV cache
+  ppo-iteration     one TRL PPOTrainer iteration with HF GPT-2 actor, reference and critic (`ppo_case`)
 
 Timing: one warm-up, then repetitions until 5 and 1 s (at most 50; 3 once 30 s have passed), as the
 Rust side (`perf::time_it`); `--quick`: 2 repetitions, no warm-up.
@@ -42,8 +43,8 @@ PROMPT_LEN = 8  # perf.rs PROMPT_LEN
 def key(case):
     k = case["workload"] + "".join(f" {n}={v}" for n, v in sorted(case["params"].items()))
     k += f" threads={case['threads']}"
-    if case.get("busy"):
-        k += " busy"
+    if case.get("competitors", 0) > 0:
+        k += f" busy×{case['competitors']}"
     if case.get("wait_policy", "default") != "default":
         k += " " + case["wait_policy"]
     return k
@@ -282,6 +283,83 @@ def smollm2_case(p):
     return "HF LlamaForCausalLM generate (greedy, f32)", run
 
 
+def ppo_case(p):
+    """One PPO iteration as TRL's PPOTrainer runs it (rollout with `generate`, old/reference log-probs and
+    values under no_grad, KL-shaped rewards with the score on the last token, the `lastgaelam` GAE loop,
+    whitened advantages, then `E` epochs of `M` shuffled minibatches: clipped policy loss + vf_coef ×
+    clipped value loss, entropy and statistics logged) with HF GPT-2 actor, reference and critic
+    (GPT2Model + a per-token value head, TRL's separate value model). The score is a random tensor: it
+    stands in for rlhf-lab's ground-truth classifier, a few ms per iteration on either side."""
+    import copy
+
+    from transformers import GPT2LMHeadModel, GPT2Model
+
+    torch.manual_seed(0)
+    b, n, v, epochs, minibatches = p["B"], p["N"], p["V"], p["E"], p["M"]
+    cfg = gpt2_config(p, PROMPT_LEN + n)
+    actor = GPT2LMHeadModel(cfg)
+    ref = copy.deepcopy(actor).eval().requires_grad_(False)
+    critic = GPT2Model(cfg)
+    value_head = torch.nn.Linear(p["C"], 1)
+    kw = dict(lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
+    opt_actor = torch.optim.AdamW(actor.parameters(), **kw)
+    opt_critic = torch.optim.AdamW(list(critic.parameters()) + list(value_head.parameters()), **kw)
+    gen = torch.Generator().manual_seed(4)
+    prompts = torch.randint(0, v, (b, PROMPT_LEN), generator=gen)
+    beta, gamma, lam, cliprange, cliprange_value, vf_coef, temp = 0.1, 1.0, 0.95, 0.2, 0.2, 0.1, 1.0
+    resp = slice(PROMPT_LEN - 1, -1)  # logits at these positions predict the response tokens
+
+    def logprobs_of(logits, labels):
+        return torch.gather(logits.log_softmax(-1), 2, labels.unsqueeze(-1)).squeeze(-1)
+
+    def values_of(seqs):
+        return value_head(critic(input_ids=seqs).last_hidden_state).squeeze(-1)[:, resp]
+
+    def whiten(x):
+        return (x - x.mean()) * torch.rsqrt(x.var() + 1e-8)
+
+    def iteration():
+        with torch.no_grad():
+            seqs = actor.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                                  top_k=0, top_p=1.0, temperature=temp, max_new_tokens=n, min_new_tokens=n,
+                                  pad_token_id=0, eos_token_id=v - 1, use_cache=True)
+            labels = seqs[:, PROMPT_LEN:]
+            score = torch.randn(b, generator=gen)
+            logprobs = logprobs_of(actor(input_ids=seqs).logits[:, resp] / (temp + 1e-7), labels)
+            ref_logprobs = logprobs_of(ref(input_ids=seqs).logits[:, resp] / (temp + 1e-7), labels)
+            values = values_of(seqs)
+            rewards = -beta * (logprobs - ref_logprobs)
+            rewards[:, -1] += score
+            advantages, returns = trl_gae(rewards, values, torch.zeros_like(rewards, dtype=torch.bool), gamma, lam)
+            advantages = whiten(advantages)
+        for _ in range(epochs):
+            for mb in torch.randperm(b, generator=gen).split(b // minibatches):
+                new_logits = actor(input_ids=seqs[mb]).logits[:, resp] / (temp + 1e-7)
+                new_logprobs = logprobs_of(new_logits, labels[mb])
+                vpred = values_of(seqs[mb])
+                vpredclipped = torch.clamp(vpred, values[mb] - cliprange_value, values[mb] + cliprange_value)
+                vf_loss = 0.5 * torch.max((vpred - returns[mb]) ** 2, (vpredclipped - returns[mb]) ** 2).mean()
+                ratio = torch.exp(new_logprobs - logprobs[mb])
+                pg_loss = torch.max(-advantages[mb] * ratio,
+                                    -advantages[mb] * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)).mean()
+                loss = pg_loss + vf_coef * vf_loss
+                opt_actor.zero_grad(set_to_none=False)
+                opt_critic.zero_grad(set_to_none=False)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(actor.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(list(critic.parameters()) + list(value_head.parameters()), 1.0)
+                opt_actor.step()
+                opt_critic.step()
+                with torch.no_grad():  # TRL's per-minibatch statistics
+                    prob = torch.softmax(new_logits, -1)
+                    entropy = torch.logsumexp(new_logits, -1) - (prob * new_logits).sum(-1)
+                    for m in [pg_loss, vf_loss, entropy.mean(), 0.5 * ((new_logprobs - logprobs[mb]) ** 2).mean(),
+                              ((ratio - 1).abs() > cliprange).float().mean()]:
+                        m.item()
+
+    return "TRL-style PPO iteration, HF GPT-2 actor/reference/critic", iteration
+
+
 def matmul_case(p):
     torch.manual_seed(0)
     a, b = torch.randn(p["n"], p["n"]), torch.randn(p["n"], p["n"])
@@ -303,6 +381,7 @@ ANCHORS = {
     "rm-step": rm_case,
     "sample": sample_case,
     "decode-smollm2": smollm2_case,
+    "ppo-iteration": ppo_case,
 }
 
 
@@ -317,7 +396,7 @@ def main():
     cases = json.load(open(args.cases))
     wanted = set(args.workloads.split(",")) if args.workloads else set(ANCHORS)
     out = {}
-    todo = [c for c in cases if not c.get("busy") and c.get("wait_policy", "default") == "default"
+    todo = [c for c in cases if c.get("competitors", 0) == 0 and c.get("wait_policy", "default") == "default"
             and not c.get("system_malloc")
             and c["workload"] in ANCHORS and c["workload"] in wanted
             and not (args.main_only and c.get("family"))]

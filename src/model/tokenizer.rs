@@ -39,6 +39,10 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: i64,
     pad_id: i64,
+    /// `inner.get_vocab_size(true)`, read once: that call builds the whole vocabulary map (8,192
+    /// strings), which made every [`Tokenizer::decode`] cost ≈ 0.9 ms; a PPO iteration decodes 128
+    /// sequences.
+    vocab_size: i64,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -74,10 +78,12 @@ impl Tokenizer {
                 ),
             ));
         }
+        let vocab_size = inner.get_vocab_size(true) as i64;
         Ok(Tokenizer {
             inner,
             eos_id,
             pad_id,
+            vocab_size,
         })
     }
 
@@ -221,7 +227,7 @@ impl Tokenizer {
 
     /// Vocabulary size, added/special tokens included (the embedding rows a model needs).
     pub fn vocab_size(&self) -> i64 {
-        self.inner.get_vocab_size(true) as i64
+        self.vocab_size
     }
 
     /// End-of-sequence id.

@@ -14,6 +14,7 @@
 //! | `rm-step` | one step of `train::rm`: pair scores, Bradley–Terry loss, update | HF `GPT2ForSequenceClassification` + TRL's loss |
 //! | `sample` | `model::generate` with the KV cache, plain sampling | HF `generate(do_sample=True)` |
 //! | `decode-smollm2` | greedy batch-1 decoding of SmolLM2-135M (f32) | HF `LlamaForCausalLM.generate`, same config |
+//! | `ppo-iteration` | one iteration of `train::ppo` (rollout, scores, experience, epochs of updates) | the same loop in PyTorch with HF models and TRL's formulas |
 //!
 //! Each case is warmed up once, then repeated until it has run `min_reps` times and `min_secs`
 //! seconds; the report gives the median and the interquartile range. Cases that need a fresh process
@@ -66,9 +67,9 @@ pub struct Case {
     pub params: BTreeMap<String, i64>,
     /// libtorch intra-op threads.
     pub threads: i32,
-    /// A competing CPU-bound process (`sh` busy loop) ran during the measurement.
+    /// Competing CPU-bound processes (`sh` busy loops, one core each) that ran during the measurement.
     #[serde(default)]
-    pub busy: bool,
+    pub competitors: usize,
     /// libgomp's wait policy: `default` (spin, then sleep) or `passive` (`OMP_WAIT_POLICY=PASSIVE`).
     #[serde(default = "default_policy")]
     pub wait_policy: String,
@@ -108,7 +109,7 @@ impl Case {
             workload: workload.into(),
             params: params.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             threads,
-            busy: false,
+            competitors: 0,
             wait_policy: default_policy(),
             system_malloc: false,
             family: None,
@@ -127,15 +128,15 @@ impl Case {
         self
     }
 
-    /// `workload k=v … threads=n [busy] [passive]`: unique within a suite.
+    /// `workload k=v … threads=n [busy×c] [passive] [system-malloc]`: unique within a suite.
     pub fn key(&self) -> String {
         let mut k = self.workload.clone();
         for (n, v) in &self.params {
             k.push_str(&format!(" {n}={v}"));
         }
         k.push_str(&format!(" threads={}", self.threads));
-        if self.busy {
-            k.push_str(" busy");
+        if self.competitors > 0 {
+            k.push_str(&format!(" busy×{}", self.competitors));
         }
         if self.wait_policy != "default" {
             k.push_str(&format!(" {}", self.wait_policy));
@@ -155,7 +156,7 @@ impl Case {
 
     /// Whether it must run in a fresh child process.
     fn needs_child(&self) -> bool {
-        self.busy || self.wait_policy != "default" || self.system_malloc
+        self.competitors > 0 || self.wait_policy != "default" || self.system_malloc
     }
 }
 
@@ -249,8 +250,13 @@ pub fn plan(quick: bool, threads: i32) -> Vec<Case> {
         c.push(Case::new("rm-step", &with(&[("P", 2), ("S", 12)]), th));
         c.push(Case::new("sample", &with(&[("B", 2), ("N", 4)]), th));
         c.push(Case::new("decode-smollm2", &[("B", 1), ("N", 2)], 1));
+        c.push(Case::new(
+            "ppo-iteration",
+            &with(&[("B", 4), ("N", 4), ("E", 1), ("M", 2)]),
+            th,
+        ));
         let mut busy = Case::new("gae-zero", &[("B", 8), ("T", 64)], 2).family("threads");
-        busy.busy = true;
+        busy.competitors = 1;
         busy.wait_policy = "passive".into();
         c.push(busy);
         let mut system = Case::new("sft-step", &with(&[("B", 2), ("T", 16)]), th).family("malloc");
@@ -313,6 +319,12 @@ pub fn plan(quick: bool, threads: i32) -> Vec<Case> {
             c.push(Case::new("sample", &with(&[("B", b), ("N", 32)]), th).family("sample-B"));
         }
         c.push(Case::new("decode-smollm2", &[("B", 1), ("N", 32)], 1));
+        // One PPO iteration at the rollout size above, ppo-small's epochs and minibatches.
+        c.push(Case::new(
+            "ppo-iteration",
+            &with(&[("B", 64), ("N", 32), ("E", 4), ("M", 4)]),
+            th,
+        ));
         // Thread policy: GAE and an SFT step at 1 and 2 threads, idle vs a competing process, with
         // libgomp's default and passive wait policies.
         for (w, params) in [
@@ -320,13 +332,13 @@ pub fn plan(quick: bool, threads: i32) -> Vec<Case> {
             ("sft-step", with(&[("B", 16), ("T", 128)])),
         ] {
             for t in [1, 2] {
-                for busy in [false, true] {
+                for competitors in [0, 1, 2] {
                     for policy in ["default", "passive"] {
-                        if !busy && policy == "default" {
+                        if competitors == 0 && policy == "default" {
                             continue; // the idle default rows are above
                         }
                         let mut k = Case::new(w, &params, t).family("threads");
-                        k.busy = busy;
+                        k.competitors = competitors;
                         k.wait_policy = policy.into();
                         c.push(k);
                     }
@@ -367,6 +379,17 @@ fn fill_work(k: &mut Case) {
             k.flops = Some((2.0 * (n_blocks + v * c) + 4.0 * l * c * ctx) * tokens);
         }
         "decode-smollm2" => k.tokens = Some(g("B") * g("N")), // bytes and FLOPs once loaded
+        "ppo-iteration" => {
+            // Rollout (forward only), three scoring passes (actor, reference, critic), then E epochs
+            // of actor and critic forward + backward, over B sequences of PROMPT_LEN + N tokens.
+            let (b, n) = (g("B"), g("N"));
+            let seq = PROMPT_LEN as f64 + n;
+            let per_token_fwd = 2.0 * (n_blocks + v * c) + 4.0 * l * c * seq;
+            let sampled = b * n;
+            k.tokens = Some(sampled);
+            k.flops =
+                Some(per_token_fwd * (sampled + 3.0 * b * seq + 2.0 * 3.0 * g("E") * b * seq));
+        }
         _ => {}
     }
 }
@@ -425,7 +448,8 @@ fn random_pairs(k: &Case) -> Result<Vec<RankedGroup>> {
         .collect())
 }
 
-/// Times one case in this process (threads set here; `busy`/`wait_policy` are the caller's business).
+/// Times one case in this process (threads set here; competitors and the wait policy are the caller's
+/// business).
 pub fn run_case(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
     tch::set_num_threads(k.threads);
     let lr = 1e-4;
@@ -573,11 +597,77 @@ pub fn run_case(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
                 Ok(())
             })
         }
+        "ppo-iteration" => ppo_iteration(k, budget, data_dir),
         w => Err(RlhfError::invalid(
             "workload",
             format!("unknown workload {w:?}"),
         )),
     }
+}
+
+/// One iteration of `train::ppo` itself (rollout of `B` prompts × `N` sampled tokens, ground-truth
+/// scores, old/reference/value passes, experience, `E` epochs × `M` minibatches of actor and critic
+/// updates), timed by the trainer (`PpoSummary::iteration_secs`: evaluation and checkpoints excluded).
+/// The actor, reference and critic start from a one-step SFT run of the case's GPT, cached under
+/// `target/bench-runs/`; prompts are `PROMPT_LEN`-token review prefixes.
+fn ppo_iteration(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
+    use crate::train::run::{ResumeMode, RunOptions};
+    let (v, c, l, h) = (k.p("V")?, k.p("C")?, k.p("L")?, k.p("H")?);
+    let (b, n, e, m) = (k.p("B")?, k.p("N")?, k.p("E")?, k.p("M")?);
+    let root = crate::io::project_root().join("target/bench-runs");
+    let quiet = |dir: PathBuf| RunOptions {
+        out_dir: Some(dir),
+        resume: ResumeMode::Fresh,
+        config_file: None,
+        progress: false,
+        verbose: false,
+        step_delay_ms: 0,
+        plotly_cdn: true,
+        data_dir: Some(data_dir.to_path_buf()),
+    };
+    // The SFT run the four models load (one step: the weights do not change the cost).
+    let sft_dir = root.join(format!("sft-V{v}-C{c}-L{l}-H{h}"));
+    if !sft_dir.join("checkpoints/latest.json").is_file() {
+        let docs = if v > 1024 { 20_000 } else { 400 };
+        let text = format!(
+            "name = \"bench-sft\"\nseed = 1\nthreads = {th}\neval_interval = 1\neval_batches = 1\n\
+             checkpoint_interval = 1\nlog_interval = 1\nkeep_checkpoints = 1\n\
+             [model]\nn_positions = 128\nn_embd = {c}\nn_layer = {l}\nn_head = {h}\ndropout = 0.0\n\
+             [tokenizer]\nvocab_size = {v}\nmin_frequency = 2\n\
+             [data]\nsource = \"reviews\"\nblock_size = 64\nmax_train_docs = {docs}\nmax_val_docs = 20\n\
+             [optim]\nlr = 1e-3\nmin_lr = 1e-3\nwarmup_steps = 0\nmax_steps = 1\nbatch_size = 2\n\
+             grad_clip = 1.0\nweight_decay = 0.0\n",
+            th = k.threads
+        );
+        let cfg = crate::train::sft::SftConfig::from_toml(&text, "bench-sft")?;
+        crate::train::sft::run_sft(&cfg, &quiet(sft_dir.clone()))?;
+    }
+    let iterations = budget.warmup + budget.min_reps;
+    let text = format!(
+        "name = \"bench-ppo\"\nseed = 1\nthreads = {th}\nsft_run = {sft:?}\nreward = \"ground-truth\"\n\
+         critic_init = \"sft\"\nshared_backbone = false\npreset = \"rlhf-lab\"\nreward_norm = \"running\"\n\
+         ppo_epochs = {e}\nnum_minibatches = {m}\nvf_coef = 0.1\nentropy_coef = 0.0\nmax_new_tokens = {n}\n\
+         eval_interval = 1000000\ncheckpoint_interval = 1000000\nkeep_checkpoints = 1\n\
+         [eval]\nprompts = 4\nmax_new_tokens = 4\n[prompts]\nmin_tokens = {p}\nmax_tokens = {p}\n\
+         [kl]\nkind = \"fixed\"\ninit = 0.1\n\
+         [optim]\nlr = 1e-5\nmin_lr = 1e-5\nwarmup_steps = 0\nmax_steps = {iterations}\nbatch_size = {b}\n\
+         grad_clip = 1.0\nweight_decay = 0.0\n",
+        th = k.threads,
+        sft = sft_dir.display().to_string(),
+        p = PROMPT_LEN,
+    );
+    let cfg: crate::train::ppo::PpoConfig = crate::train::config::from_toml(&text, "bench-ppo")?;
+    let summary = crate::train::ppo::run_ppo(&cfg, &quiet(root.join("ppo")))?;
+    let mut ms: Vec<f64> = summary
+        .iteration_secs
+        .iter()
+        .skip(budget.warmup)
+        .map(|s| s * 1e3)
+        .collect();
+    if ms.is_empty() {
+        return Err(RlhfError::invalid("ppo-iteration", "no timed iteration"));
+    }
+    Ok(timing_of(&mut ms))
 }
 
 /// Facts about SmolLM2 the report needs: weight bytes read per decoded token (f32 and bf16) and
@@ -594,21 +684,20 @@ fn smollm2_facts(data_dir: &Path) -> Option<(f64, f64)> {
     Some((4.0 * params, 2.0 * params))
 }
 
-/// Runs a case in a fresh child process (`rlhf-lab bench --case <json>`), with a competing busy
-/// loop if `k.busy` and `OMP_WAIT_POLICY=PASSIVE` if asked.
+/// Runs a case in a fresh child process (`rlhf-lab bench --case <json>`), beside `k.competitors` busy
+/// loops and with `OMP_WAIT_POLICY=PASSIVE` if asked.
 fn run_in_child(k: &Case, quick: bool) -> Result<Timing> {
     let exe = std::env::current_exe().map_err(|e| RlhfError::io("current_exe", e))?;
     let json = serde_json::to_string(k).map_err(|e| RlhfError::invalid("case", e.to_string()))?;
-    let competitor = if k.busy {
-        Some(
+    let mut competitors = Vec::new();
+    for _ in 0..k.competitors {
+        competitors.push(
             std::process::Command::new("sh")
                 .args(["-c", "while :; do :; done"])
                 .spawn()
                 .map_err(|e| RlhfError::io("sh (competing process)", e))?,
-        )
-    } else {
-        None
-    };
+        );
+    }
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["bench", "--case", &json]);
     if quick {
@@ -625,7 +714,7 @@ fn run_in_child(k: &Case, quick: bool) -> Result<Timing> {
         cmd.env_remove("OMP_WAIT_POLICY");
     }
     let out = cmd.output();
-    if let Some(mut c) = competitor {
+    for mut c in competitors {
         let _ = c.kill();
         let _ = c.wait();
     }

@@ -52,6 +52,16 @@ fn what(k: &Case) -> String {
             p("B"),
             p("N")
         ),
+        "ppo-iteration" => format!(
+            "PPO iteration, GPT {}×{} V={}: {} rollouts × {} tokens, {} epochs × {} minibatches",
+            p("L"),
+            p("C"),
+            p("V"),
+            p("B"),
+            p("N"),
+            p("E"),
+            p("M")
+        ),
         w => w.to_string(),
     }
 }
@@ -72,9 +82,9 @@ fn ms(t: &Timing) -> String {
 /// The matmul GFLOP/s and copy GB/s of rlhf-lab at `threads`.
 fn ceilings(cases: &[Case], threads: i32) -> (Option<f64>, Option<f64>) {
     let find = |w: &str| {
-        cases
-            .iter()
-            .find(|k| k.workload == w && k.threads == threads && !k.busy && k.family.is_none())
+        cases.iter().find(|k| {
+            k.workload == w && k.threads == threads && k.competitors == 0 && k.family.is_none()
+        })
     };
     let rate = |k: &Case, work: Option<f64>| Some(work? / (k.rust?.median_ms * 1e-3) / 1e9);
     (
@@ -206,7 +216,7 @@ fn figures(dir: &Path, cases: &[Case]) -> Result<Vec<(String, String)>> {
             .iter()
             .filter(|k| {
                 k.workload == workload
-                    && !k.busy
+                    && k.competitors == 0
                     && (k.family.as_deref() == Some(family)
                         || (k.family.is_none() && on_curve(k, family)))
             })
@@ -427,10 +437,10 @@ pub fn write(
         let _ = writeln!(
             md,
             "\n## Thread policy: idle machine vs a competing process\n\n\
-             A competing process is one `sh` busy loop (one core). `passive` = `OMP_WAIT_POLICY=PASSIVE` \
+             Competing processes: `sh` busy loops, one core each (2 = a fully loaded 2-core machine). `passive` = `OMP_WAIT_POLICY=PASSIVE` \
              (libgomp's idle workers sleep instead of spinning); it must be in the environment when the \
              process starts.\n\n\
-             | workload | threads | competing process | wait policy | rlhf-lab median [IQR] |\n|---|---|---|---|---|"
+             | workload | threads | competing processes | wait policy | rlhf-lab median [IQR] |\n|---|---|---|---|---|"
         );
         for k in policy {
             let _ = writeln!(
@@ -438,7 +448,7 @@ pub fn write(
                 "| {} | {} | {} | {} | {} |",
                 what(k),
                 k.threads,
-                if k.busy { "yes" } else { "no" },
+                k.competitors,
                 k.wait_policy,
                 k.rust.map(|t| ms(&t)).unwrap_or_else(|| "–".into())
             );

@@ -433,6 +433,9 @@ pub struct PpoSummary {
     pub final_eval: Option<EvalResult>,
     /// Sampled response tokens per second of this process (rollout + update time).
     pub tokens_per_s: f64,
+    /// Seconds of each iteration this process ran (rollout + update, without evaluation and
+    /// checkpointing), in order: what `rlhf-lab bench` reports as one PPO iteration.
+    pub iteration_secs: Vec<f64>,
     pub wall_s: f64,
     pub metrics: Vec<PpoRow>,
 }
@@ -470,11 +473,9 @@ struct PpoState {
     moments: [u64; 3],
 }
 
-/// Teacher-forced outputs of `model` on the response part of `seq` `(B, P + N)`: logits `(B, N, V)` and
-/// values `(B, N)` (`V(s_t)`, the state before response token t). Position `P − 1 + t` predicts token t.
 /// The response positions' `(B, N, V)` next-token logits and `(B, N)` values of `model` on a rollout
 /// (`seq` = left-padded prompt ‖ response, `P` prompt and `N` response columns): the hidden state at
-/// position `P − 1 + t` predicts response token `t` (and is where its value is read).
+/// position `P − 1 + t` predicts response token `t` and is where its value `V(s_t)` is read.
 pub fn response_outputs(
     model: &dyn RlhfLm,
     seq: &Tensor,
@@ -483,9 +484,41 @@ pub fn response_outputs(
     p: i64,
     n: i64,
 ) -> Result<(Tensor, Tensor)> {
-    let hidden = model.forward_hidden(seq, attention_mask, position_ids, None, false)?; // (B, P+N, C)
-    let h = hidden.narrow(1, p - 1, n); // (B, N, C)
+    let h = response_hidden(model, seq, attention_mask, position_ids, p, n)?; // (B, N, C)
     Ok((model.lm_logits(&h)?, model.values(&h)?))
+}
+
+/// Only the `(B, N)` values of [`response_outputs`]: what a separate critic needs, without the
+/// `(B, N, V)` LM head (a quarter of the critic's forward FLOPs at V = 8192, C = 128).
+pub fn response_values(
+    model: &dyn RlhfLm,
+    seq: &Tensor,
+    attention_mask: &Tensor,
+    position_ids: &Tensor,
+    p: i64,
+    n: i64,
+) -> Result<Tensor> {
+    model.values(&response_hidden(
+        model,
+        seq,
+        attention_mask,
+        position_ids,
+        p,
+        n,
+    )?)
+}
+
+/// The `(B, N, C)` hidden states at the positions that predict the `N` response tokens.
+fn response_hidden(
+    model: &dyn RlhfLm,
+    seq: &Tensor,
+    attention_mask: &Tensor,
+    position_ids: &Tensor,
+    p: i64,
+    n: i64,
+) -> Result<Tensor> {
+    let hidden = model.forward_hidden(seq, attention_mask, position_ids, None, false)?; // (B, P+N, C)
+    Ok(hidden.narrow(1, p - 1, n))
 }
 
 fn mean_of(t: &Tensor) -> Result<f64> {
@@ -646,6 +679,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
     }
 
     let max_steps = cfg.optim.max_steps;
+    let mut iteration_secs = Vec::new();
     let mb = b / cfg.num_minibatches;
     let max_norm = if cfg.optim.grad_clip > 0.0 {
         cfg.optim.grad_clip
@@ -742,7 +776,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
                 let (ref_logits, _) = response_outputs(reference.lm(), &seq, &am, &pos, p, n)?;
                 let rlp = token_log_probs(&ref_logits, &labels, &m)?;
                 let v = match &critic {
-                    Some(c) => response_outputs(c.lm(), &seq, &am, &pos, p, n)?.1,
+                    Some(c) => response_values(c.lm(), &seq, &am, &pos, p, n)?,
                     None => v_shared,
                 };
                 let _ = old_logp.index_copy_(0, &idx, &lp.to_kind(Kind::Float));
@@ -796,9 +830,15 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
                 let (labels, m) = (pick(&g.response_ids), pick(&mask));
                 let (logits, v_shared) = response_outputs(actor.lm(), &seq, &am, &pos, p, n)?;
                 let log_probs = token_log_probs(&logits, &labels, &m)?; // (mb, N)
-                let ent = entropy(&logits, &m)?; // (mb, N)
+                                                                        // With no entropy bonus, H is only logged: computed without a graph, as TRL does, so
+                                                                        // the backward pass skips a (mb, N, V) softmax (the loss and gradients are unchanged).
+                let ent = if cfg.entropy_coef > 0.0 {
+                    entropy(&logits, &m)?
+                } else {
+                    tch::no_grad(|| entropy(&logits, &m))?
+                }; // (mb, N)
                 let values = match &critic {
-                    Some(c) => response_outputs(c.lm(), &seq, &am, &pos, p, n)?.1,
+                    Some(c) => response_values(c.lm(), &seq, &am, &pos, p, n)?,
                     None => v_shared,
                 };
                 let obj = ppo_objective(
@@ -914,6 +954,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
             values[11] = None;
         }
         let train_secs = t0.elapsed().as_secs_f64();
+        iteration_secs.push(train_secs);
         let is_last = step == max_steps;
         if step % cfg.eval_interval == 0 || is_last {
             let ev = evaluator.run(actor.lm(), reference.lm(), &tok)?;
@@ -983,6 +1024,7 @@ pub fn run_ppo(cfg: &PpoConfig, opts: &RunOptions) -> Result<PpoSummary> {
         resumed_from: resumed.map(|r| r.step),
         final_eval: last_eval,
         tokens_per_s: done.train_tokens_per_s,
+        iteration_secs,
         wall_s: done.wall_s,
         metrics: run.rows.clone(),
     })
