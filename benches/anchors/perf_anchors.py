@@ -1,10 +1,11 @@
 """PyTorch-eager anchors of `rlhf-lab bench` (src/pipeline/perf.rs): the same workloads on the same
-shapes, run from the project venv (torch 2.11.0, transformers 4.57.6) right after the Rust side.
+shapes, run from the project venv (torch 2.11.0, transformers 4.57.6). The Rust suite starts this script
+once (twice: a second copy with glibc's allocator set as rlhf-lab sets it) and sends it each case right
+after timing it itself:
 
-    .venv/bin/python benches/anchors/perf_anchors.py target/bench/cases.json target/bench/anchors.json
+    echo '{"workload": "matmul", "params": {"n": 1024}, "threads": 2}' | .venv/bin/python benches/anchors/perf_anchors.py
 
-Reads the cases rlhf-lab measured and writes {case key: {name, median_ms, q1_ms, q3_ms, reps}} for every
-case that has an anchor (no competing process, default wait policy, not the glibc-defaults variants). What each anchor is:
+What each anchor is:
 
   matmul, copy      torch.mm, Tensor.copy_
   gae-zero          TRL PPOTrainer's `lastgaelam` loop (masked steps zeroed first)
@@ -28,7 +29,6 @@ Rust side (`perf::time_it`); `--quick`: 2 repetitions, no warm-up.
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -38,16 +38,6 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore")
 PROMPT_LEN = 8  # perf.rs PROMPT_LEN
-
-
-def key(case):
-    k = case["workload"] + "".join(f" {n}={v}" for n, v in sorted(case["params"].items()))
-    k += f" threads={case['threads']}"
-    if case.get("competitors", 0) > 0:
-        k += f" busy×{case['competitors']}"
-    if case.get("wait_policy", "default") != "default":
-        k += " " + case["wait_policy"]
-    return k
 
 
 def time_it(fn, quick):
@@ -386,27 +376,18 @@ ANCHORS = {
 
 
 def main():
+    """Serves rlhf-lab's suite: one case (JSON) per line on stdin, one line back on stdout with the
+    anchor's timing, right after rlhf-lab timed the same case, so both see the same machine state."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("cases")
-    ap.add_argument("out")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--workloads", help="comma-separated: only these workloads")
-    ap.add_argument("--main-only", action="store_true", help="skip the scaling-curve cases")
     args = ap.parse_args()
-    cases = json.load(open(args.cases))
-    wanted = set(args.workloads.split(",")) if args.workloads else set(ANCHORS)
-    out = {}
-    todo = [c for c in cases if c.get("competitors", 0) == 0 and c.get("wait_policy", "default") == "default"
-            and not c.get("system_malloc")
-            and c["workload"] in ANCHORS and c["workload"] in wanted
-            and not (args.main_only and c.get("family"))]
-    for i, c in enumerate(todo):
+    for line in sys.stdin:
+        c = json.loads(line)
         torch.set_num_threads(c["threads"])
         name, fn = ANCHORS[c["workload"]](c["params"])
         t = time_it(fn, args.quick)
-        out[key(c)] = {"name": name, **t}
-        print(f"anchor {i + 1}/{len(todo)} {key(c)}: {t['median_ms']:.2f} ms", file=sys.stderr, flush=True)
-    json.dump(out, open(args.out, "w"), indent=1)
+        del fn
+        print(json.dumps({"name": name, **t}), flush=True)
 
 
 if __name__ == "__main__":

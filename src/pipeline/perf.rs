@@ -733,6 +733,83 @@ fn run_in_child(k: &Case, quick: bool) -> Result<Timing> {
         .map_err(|e| RlhfError::invalid("case", format!("{}: child output: {e}", k.key())))
 }
 
+/// A running `benches/anchors/perf_anchors.py`: one case per line in, one timing per line out.
+struct AnchorServer {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl AnchorServer {
+    fn start(python: &Path, quick: bool, env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg("benches/anchors/perf_anchors.py")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .envs(env.iter().copied());
+        if quick {
+            cmd.arg("--quick");
+        }
+        let mut child = cmd.spawn().map_err(|e| RlhfError::io(python, e))?;
+        let out = child
+            .stdout
+            .take()
+            .ok_or_else(|| RlhfError::invalid("anchors", "no stdout"))?;
+        Ok(AnchorServer {
+            child,
+            out: std::io::BufReader::new(out),
+        })
+    }
+
+    fn time(&mut self, k: &Case) -> Result<Anchor> {
+        use std::io::{BufRead, Write};
+        let line =
+            serde_json::to_string(k).map_err(|e| RlhfError::invalid("case", e.to_string()))?;
+        let failed = |what: String| {
+            RlhfError::invalid(
+                "anchors",
+                format!("benches/anchors/perf_anchors.py on {}: {what}", k.key()),
+            )
+        };
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .ok_or_else(|| failed("stdin closed".into()))?;
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| failed(e.to_string()))?;
+        let mut reply = String::new();
+        self.out
+            .read_line(&mut reply)
+            .map_err(|e| failed(e.to_string()))?;
+        if reply.is_empty() {
+            return Err(failed("exited (its error is above)".into()));
+        }
+        serde_json::from_str(&reply).map_err(|e| failed(format!("{e}: {reply}")))
+    }
+}
+
+impl Drop for AnchorServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // EOF: the script's loop ends
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a case has a PyTorch anchor: no competing process, the default wait policy, rlhf-lab's
+/// allocator policy.
+fn anchored(k: &Case) -> bool {
+    k.competitors == 0 && k.wait_policy == "default" && !k.system_malloc
+}
+
+/// Whether a case is also timed by PyTorch with rlhf-lab's allocator policy: the training steps of the
+/// main table.
+fn anchored_same_malloc(k: &Case) -> bool {
+    anchored(k)
+        && k.family.is_none()
+        && matches!(k.workload.as_str(), "sft-step" | "dpo-step" | "rm-step")
+}
+
 /// Options of [`run_suite`].
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
@@ -741,7 +818,7 @@ pub struct SuiteOptions {
     pub threads: i32,
     /// Only the workloads whose name starts with one of these (empty: all).
     pub only: Vec<String>,
-    /// Where `cases.json`, `anchors.json` and the figures go; the report goes to `report`.
+    /// Where `cases.json` goes.
     pub work_dir: PathBuf,
     /// The markdown report to write (its figures beside it, in `<stem>/`).
     pub report: PathBuf,
@@ -750,8 +827,9 @@ pub struct SuiteOptions {
     pub data_dir: PathBuf,
 }
 
-/// Runs every planned case (with a progress bar), then the anchors, then writes the report. Returns
-/// the cases with their measurements.
+/// Runs every planned case (with a progress bar), each followed at once by its PyTorch anchor (so
+/// both see the same machine state), then writes the report. Returns the cases with their
+/// measurements.
 pub fn run_suite(opts: &SuiteOptions) -> Result<Vec<Case>> {
     let budget = if opts.quick {
         Budget::quick()
@@ -763,6 +841,21 @@ pub fn run_suite(opts: &SuiteOptions) -> Result<Vec<Case>> {
         .filter(|k| opts.only.is_empty() || opts.only.iter().any(|o| k.workload.starts_with(o)))
         .collect();
     std::fs::create_dir_all(&opts.work_dir).map_err(|e| RlhfError::io(&opts.work_dir, e))?;
+    // PyTorch as shipped, and PyTorch with rlhf-lab's allocator policy through glibc's environment.
+    let mut servers = match &opts.python {
+        Some(py) => Some((
+            AnchorServer::start(py, opts.quick, &[])?,
+            AnchorServer::start(
+                py,
+                opts.quick,
+                &[
+                    ("MALLOC_MMAP_MAX_", "0"),
+                    ("MALLOC_TRIM_THRESHOLD_", "2147483647"),
+                ],
+            )?,
+        )),
+        None => None,
+    };
     let bar = indicatif::ProgressBar::new(cases.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -793,57 +886,19 @@ pub fn run_suite(opts: &SuiteOptions) -> Result<Vec<Case>> {
             Ok(t) => k.rust = Some(t),
             Err(e) => k.note = Some(e.to_string()),
         }
+        if let Some((plain, same_malloc)) = servers.as_mut() {
+            if anchored(k) {
+                k.anchor = Some(plain.time(k)?);
+            }
+            if anchored_same_malloc(k) {
+                k.anchor_same_malloc = Some(same_malloc.time(k)?);
+            }
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let cases_path = opts.work_dir.join("cases.json");
-    crate::io::write_json(&cases_path, &cases)?;
-    if let Some(py) = &opts.python {
-        // Default allocator (what a PyTorch user gets), then the training steps again with rlhf-lab's
-        // allocator policy, so the report separates the allocator from the rest.
-        let runs: [(&str, Option<&str>, &[(&str, &str)]); 2] = [
-            ("anchors.json", None, &[]),
-            (
-                "anchors-same-malloc.json",
-                Some("sft-step,dpo-step,rm-step"),
-                &[
-                    ("MALLOC_MMAP_MAX_", "0"),
-                    ("MALLOC_TRIM_THRESHOLD_", "2147483647"),
-                ],
-            ),
-        ];
-        for (i, (file, workloads, env)) in runs.iter().enumerate() {
-            let anchors = opts.work_dir.join(file);
-            let mut cmd = std::process::Command::new(py);
-            cmd.arg("benches/anchors/perf_anchors.py")
-                .arg(&cases_path)
-                .arg(&anchors);
-            if opts.quick {
-                cmd.arg("--quick");
-            }
-            if let Some(w) = workloads {
-                cmd.args(["--workloads", w, "--main-only"]);
-            }
-            cmd.envs(env.iter().copied());
-            let status = cmd.status().map_err(|e| RlhfError::io(py, e))?;
-            if !status.success() {
-                return Err(RlhfError::invalid(
-                    "anchors",
-                    format!("benches/anchors/perf_anchors.py exited with {status}"),
-                ));
-            }
-            let by_key: BTreeMap<String, Anchor> = crate::io::read_json(&anchors)?;
-            for k in &mut cases {
-                let a = by_key.get(&k.key()).cloned();
-                if i == 0 {
-                    k.anchor = a;
-                } else {
-                    k.anchor_same_malloc = a;
-                }
-            }
-        }
-        crate::io::write_json(&cases_path, &cases)?;
-    }
+    drop(servers);
+    crate::io::write_json(opts.work_dir.join("cases.json"), &cases)?;
     crate::pipeline::perf_report::write(&opts.report, &cases, smol, opts)?;
     Ok(cases)
 }
