@@ -85,7 +85,7 @@ fn quartiles_interpolate_and_keys_are_unique() {
 fn every_planned_workload_has_an_anchor_and_a_work_count() {
     let anchors = std::fs::read_to_string("benches/anchors/perf_anchors.py").unwrap();
     let workloads: BTreeSet<String> = plan(false, 2).into_iter().map(|k| k.workload).collect();
-    assert_eq!(workloads.len(), 10, "{workloads:?}");
+    assert_eq!(workloads.len(), 11, "{workloads:?}");
     for w in &workloads {
         assert!(anchors.contains(&format!("\"{w}\":")), "no anchor for {w}");
     }

@@ -7,7 +7,7 @@ after timing it itself:
 
 What each anchor is:
 
-  matmul, copy      torch.mm, Tensor.copy_
+  matmul, copy, read  torch.mm, Tensor.copy_, Tensor.sum
   gae-zero          TRL PPOTrainer's `lastgaelam` loop (masked steps zeroed first)
   gae-skip          verl `compute_gae_advantage_return`'s loop (masked steps carried over)
   sft-step          HF GPT2LMHeadModel (sdpa attention) + F.cross_entropy + backward +
@@ -356,6 +356,11 @@ def matmul_case(p):
     return "torch.mm", lambda: torch.mm(a, b)
 
 
+def read_case(p):
+    src = torch.ones(p["n"])
+    return "Tensor.sum", lambda: src.sum()
+
+
 def copy_case(p):
     src, dst = torch.ones(p["n"]), torch.zeros(p["n"])
     return "Tensor.copy_", lambda: dst.copy_(src)
@@ -364,6 +369,7 @@ def copy_case(p):
 ANCHORS = {
     "matmul": matmul_case,
     "copy": copy_case,
+    "read": read_case,
     "gae-zero": lambda p: gae_case(p, "zero"),
     "gae-skip": lambda p: gae_case(p, "skip"),
     "sft-step": sft_case,

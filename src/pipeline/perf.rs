@@ -7,7 +7,8 @@
 //! | workload | what is timed | anchor (PyTorch eager, same shapes) |
 //! |---|---|---|
 //! | `matmul` | `A @ B`, `n × n` f32: the compute ceiling | `torch.mm` |
-//! | `copy` | `dst.copy_(src)`, 64 Mi f32: the memory-bandwidth ceiling | `Tensor.copy_` |
+//! | `copy` | `dst.copy_(src)`, 64 Mi f32: the memory-bandwidth ceiling (read + write) | `Tensor.copy_` |
+//! | `read` | `src.sum()`, 64 Mi f32: the read-bandwidth ceiling (what batch-1 decoding streams) | `Tensor.sum` |
 //! | `gae-zero`, `gae-skip` | `core::advantages::gae` on `(B, T)` f32 with ragged padding | TRL's / verl's loop |
 //! | `sft-step` | one step of `train::sft`: forward, NLL, backward, clip, AdamW | HF `GPT2LMHeadModel` + `cross_entropy` |
 //! | `dpo-step` | one step of `train::dpo`: policy pair log-probs, DPO loss (cached reference), update | HF GPT-2 + TRL's sigmoid loss |
@@ -238,6 +239,7 @@ pub fn plan(quick: bool, threads: i32) -> Vec<Case> {
         for t in [1, 2] {
             c.push(Case::new("matmul", &[("n", 128)], t));
             c.push(Case::new("copy", &[("n", 1 << 20)], t));
+            c.push(Case::new("read", &[("n", 1 << 20)], t));
         }
         c.push(Case::new("gae-zero", &[("B", 8), ("T", 64)], th));
         c.push(Case::new("gae-skip", &[("B", 8), ("T", 64)], th));
@@ -267,6 +269,7 @@ pub fn plan(quick: bool, threads: i32) -> Vec<Case> {
         for t in [1, 2] {
             c.push(Case::new("matmul", &[("n", 1024)], t));
             c.push(Case::new("copy", &[("n", 64 << 20)], t));
+            c.push(Case::new("read", &[("n", 64 << 20)], t));
         }
         // GAE: the shape in both masked-step modes, then cost vs T and vs B.
         c.push(Case::new("gae-zero", &[("B", 256), ("T", 1024)], th));
@@ -360,6 +363,7 @@ fn fill_work(k: &mut Case) {
     match k.workload.as_str() {
         "matmul" => k.flops = Some(2.0 * g("n").powi(3)),
         "copy" => k.bytes = Some(8.0 * g("n")),
+        "read" => k.bytes = Some(4.0 * g("n")),
         "gae-zero" | "gae-skip" => k.bytes = Some(17.0 * g("B") * g("T")), // r, v f32 + mask + 2 outputs
         "sft-step" => {
             let tokens = g("B") * g("T");
@@ -470,6 +474,14 @@ pub fn run_case(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
             let mut dst = Tensor::zeros([n], (Kind::Float, Device::Cpu));
             time_it(budget, || {
                 dst.f_copy_(&src)?;
+                Ok(())
+            })
+        }
+        "read" => {
+            let n = k.p("n")?;
+            let src = Tensor::ones([n], (Kind::Float, Device::Cpu));
+            time_it(budget, || {
+                let _ = src.f_sum(Kind::Float)?;
                 Ok(())
             })
         }

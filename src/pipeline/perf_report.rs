@@ -14,6 +14,7 @@ fn what(k: &Case) -> String {
     match k.workload.as_str() {
         "matmul" => format!("matmul {n} × {n} f32", n = p("n")),
         "copy" => format!("copy {} Mi f32", p("n") >> 20),
+        "read" => format!("read (sum) {} Mi f32", p("n") >> 20),
         "gae-zero" => format!("GAE [{} × {}], masked steps zero", p("B"), p("T")),
         "gae-skip" => format!("GAE [{} × {}], masked steps skipped", p("B"), p("T")),
         "sft-step" => format!(
@@ -79,8 +80,8 @@ fn ms(t: &Timing) -> String {
     format!("{} ms [{}, {}]", f(t.median_ms), f(t.q1_ms), f(t.q3_ms))
 }
 
-/// The matmul GFLOP/s and copy GB/s of rlhf-lab at `threads`.
-fn ceilings(cases: &[Case], threads: i32) -> (Option<f64>, Option<f64>) {
+/// The matmul GFLOP/s, copy GB/s and read GB/s of rlhf-lab at `threads`.
+fn ceilings(cases: &[Case], threads: i32) -> (Option<f64>, Option<f64>, Option<f64>) {
     let find = |w: &str| {
         cases.iter().find(|k| {
             k.workload == w && k.threads == threads && k.competitors == 0 && k.family.is_none()
@@ -90,6 +91,7 @@ fn ceilings(cases: &[Case], threads: i32) -> (Option<f64>, Option<f64>) {
     (
         find("matmul").and_then(|k| rate(k, k.flops)),
         find("copy").and_then(|k| rate(k, k.bytes)),
+        find("read").and_then(|k| rate(k, k.bytes)),
     )
 }
 
@@ -108,7 +110,13 @@ fn ratio(k: &Case) -> Option<f64> {
 
 /// A row of the main table.
 fn row(k: &Case, cases: &[Case]) -> String {
-    let (gflops_ceiling, gbs_ceiling) = ceilings(cases, k.threads);
+    let (gflops_ceiling, copy_ceiling, read_ceiling) = ceilings(cases, k.threads);
+    // Decoding only reads its weights: its ceiling is the read bandwidth; the rest read and write.
+    let (gbs_ceiling, bw_name) = if matches!(k.workload.as_str(), "decode-smollm2" | "read") {
+        (read_ceiling, "read")
+    } else {
+        (copy_ceiling, "copy")
+    };
     let rust = k.rust.map(|t| ms(&t)).unwrap_or_else(|| "–".into());
     let anchor = k
         .anchor
@@ -142,7 +150,7 @@ fn row(k: &Case, cases: &[Case]) -> String {
         if !k.workload.starts_with("matmul") {
             let g = b / (t.median_ms * 1e-3) / 1e9;
             let frac = gbs_ceiling
-                .map(|c| format!(" ({:.0}% of copy)", 100.0 * g / c))
+                .map(|c| format!(" ({:.0}% of {bw_name})", 100.0 * g / c))
                 .unwrap_or_default();
             hw.push(format!("{g:.2} GB/s{frac}"));
         }
@@ -326,7 +334,7 @@ pub fn write(
     let _ = writeln!(md, "## The machine's ceilings\n\n{HEADER}");
     for k in cases
         .iter()
-        .filter(|k| k.workload == "matmul" || k.workload == "copy")
+        .filter(|k| matches!(k.workload.as_str(), "matmul" | "copy" | "read"))
     {
         let _ = writeln!(md, "{}", row(k, cases));
     }
@@ -335,24 +343,31 @@ pub fn write(
         md,
         "\n## Workloads\n\nThe ceiling columns: achieved GFLOP/s (model FLOP count, \
          module docs of `pipeline::perf`) as a share of the matmul rate, and bytes moved / time as a share of \
-         the copy bandwidth, both at the row's thread count.\n\n{HEADER}"
+         the copy bandwidth (decoding, which only reads its weights: of the read bandwidth), both at the row's thread count.\n\n{HEADER}"
     );
-    for k in cases
-        .iter()
-        .filter(|k| k.family.is_none() && !matches!(k.workload.as_str(), "matmul" | "copy"))
-    {
+    for k in cases.iter().filter(|k| {
+        k.family.is_none() && !matches!(k.workload.as_str(), "matmul" | "copy" | "read")
+    }) {
         let _ = writeln!(md, "{}", row(k, cases));
     }
     if let Some((f32_bytes, bf16_bytes)) = smollm2 {
-        let (_, bw) = ceilings(cases, 1);
+        let (_, _, bw) = ceilings(cases, 1);
         if let Some(bw) = bw {
+            let measured = cases
+                .iter()
+                .find(|k| k.workload == "decode-smollm2")
+                .and_then(|k| Some(k.tokens? / (k.rust?.median_ms * 1e-3)));
             let _ = writeln!(
                 md,
                 "\nSmolLM2's memory-bandwidth bound at batch 1: every token reads all {:.0} MB of f32 weights \
-                 (tied embeddings once), so at the 1-thread copy bandwidth of {bw:.1} GB/s decoding cannot \
-                 exceed **{:.1} tokens/s** in f32; bf16 weights ({:.0} MB) would raise the bound to {:.1} tokens/s.",
+                 (tied embeddings once), so at the 1-thread read bandwidth of {bw:.1} GB/s decoding cannot \
+                 exceed **{:.1} tokens/s** in f32{}; bf16 weights ({:.0} MB) would raise the bound to {:.1} \
+                 tokens/s. (The prompt's prefill is inside the measured time.)",
                 f32_bytes / 1e6,
                 bw * 1e9 / f32_bytes,
+                measured
+                    .map(|m| format!(" (measured: {m:.1} tokens/s, {:.0}% of it)", 100.0 * m * f32_bytes / (bw * 1e9)))
+                    .unwrap_or_default(),
                 bf16_bytes / 1e6,
                 bw * 1e9 / bf16_bytes
             );
