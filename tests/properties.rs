@@ -427,3 +427,31 @@ proptest! {
         prop_assert_eq!(got64.is_ok(), bad_rows == 0);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `filter_logits` accepts exactly the batches whose rows hold no NaN, no +∞ and at least one finite
+    /// logit (−∞ = an already removed token), whatever the fast path decides from the row maxima; and
+    /// at temperature 1 with no top-k/top-p it returns the logits themselves (in f64).
+    #[test]
+    fn filter_logits_accepts_exactly_the_valid_rows(
+        rows in 1usize..5,
+        v in 1usize..7,
+        values in prop::collection::vec(logit_value(), 5 * 6),
+    ) {
+        let vals = &values[..rows * v];
+        let logits = Tensor::from_slice(vals).view([rows as i64, v as i64]);
+        let valid = (0..rows).all(|r| {
+            let row = &vals[r * v..(r + 1) * v];
+            row.iter().all(|x| !x.is_nan() && *x != f32::INFINITY) && row.iter().any(|x| x.is_finite())
+        });
+        let got = rlhf_lab::generate::filter_logits(&logits, 1.0, 0, 1.0);
+        prop_assert_eq!(got.is_ok(), valid, "{:?}", got.as_ref().err());
+        if let Ok(z) = got {
+            let expected = logits.to_kind(Kind::Double);
+            let same = z.eq_tensor(&expected).logical_or(&z.isneginf().logical_and(&expected.isneginf()));
+            prop_assert!(same.all().int64_value(&[]) == 1);
+        }
+    }
+}
