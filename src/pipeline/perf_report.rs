@@ -391,7 +391,7 @@ pub fn write(
         for (f, title) in figs {
             let _ = writeln!(
                 md,
-                "- {title}: [`{stem}/{f}.html`]({stem}/{f}.html) (plotly), ![{title}]({stem}/{f}.svg)"
+                "- {title} (interactive: `{stem}/{f}.html`, written by the run, not committed):\n\n  ![{title}]({stem}/{f}.svg)\n"
             );
         }
     }
