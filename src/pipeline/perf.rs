@@ -25,6 +25,8 @@
 //! FLOP counts: a training step costs `6·N + 12·L·C·T` FLOPs per token (Kaplan et al. 2020 Table 1, the
 //! attention term as in Chowdhery et al. 2022 App. B), with `N` the matmul parameters
 //! (`12·L·C²` for the blocks + `V·C` for the tied LM head); a forward-only token costs a third of that.
+//! These are the nominal model FLOPs of the workload (what the anchor computes): where rlhf-lab skips
+//! work (the DPO step's LM head at prompt positions), it shows as a higher achieved rate.
 
 use crate::core::advantages::{gae, GaeConfig, MaskedSteps};
 use crate::core::masked::{aggregate, EmptyRows, LossAgg};
