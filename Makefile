@@ -66,7 +66,7 @@ lab: setup
 	env -u CARGO_TARGET_DIR .venv/bin/jupyter lab $(LAB_ARGS) notebooks/
 
 # The performance suite: every workload beside its PyTorch/HF anchor in one run -> reports/perf.md and
-# reports/perf/ (figures, cases.json). ≈ 10 min on 2 cores; keep the machine otherwise idle.
+# reports/perf/ (figures, cases.json). ≈ 5 min on 2 cores; keep the machine otherwise idle.
 bench: setup-core
 	$(CARGO_ENV) $(CARGO) build --release --quiet --bin rlhf-lab
 	$(CARGO_TARGET_DIR)/release/rlhf-lab bench

@@ -472,7 +472,7 @@ pub fn write(
     let _ = writeln!(
         md,
         "\n## Run manifest\n\nAll cases with their timings, FLOP and byte counts: [`{0}/cases.json`]({0}/cases.json). \
-         Regenerate with `make bench` (≈ 10–15 min on 2 cores) or `make bench-quick`.",
+         Regenerate with `make bench` (≈ 5 min on 2 cores) or `make bench-quick`.",
         fig_dir.file_name().and_then(|s| s.to_str()).unwrap_or("perf")
     );
     crate::io::write_json(fig_dir.join("cases.json"), cases)?;
