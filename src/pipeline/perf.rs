@@ -622,8 +622,9 @@ pub fn run_case(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
 /// One iteration of `train::ppo` itself (rollout of `B` prompts × `N` sampled tokens, ground-truth
 /// scores, old/reference/value passes, experience, `E` epochs × `M` minibatches of actor and critic
 /// updates), timed by the trainer (`PpoSummary::iteration_secs`: evaluation and checkpoints excluded).
-/// The actor, reference and critic start from a one-step SFT run of the case's GPT, cached under
-/// `target/bench-runs/`; prompts are `PROMPT_LEN`-token review prefixes.
+/// The actor, reference and critic start from a one-step SFT run of the case's GPT, and the scores come
+/// from the ground-truth classifier, both cached under `target/bench-runs/`; prompts are
+/// `PROMPT_LEN`-token review prefixes.
 fn ppo_iteration(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
     use crate::train::run::{ResumeMode, RunOptions};
     let (v, c, l, h) = (k.p("V")?, k.p("C")?, k.p("L")?, k.p("H")?);
@@ -656,18 +657,26 @@ fn ppo_iteration(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
         let cfg = crate::train::sft::SftConfig::from_toml(&text, "bench-sft")?;
         crate::train::sft::run_sft(&cfg, &quiet(sft_dir.clone()))?;
     }
+    // The ground-truth scorer (rewards and evaluation), trained once like the reproduction's stage.
+    let gt_dir = root.join("ground-truth/model");
+    if !gt_dir.join("bow_classifier.json").is_file() {
+        use crate::ground_truth::sentiment::{train_classifier_on, ClassifierConfig};
+        let (model, metrics) = train_classifier_on(data_dir, &ClassifierConfig::default())?;
+        model.save(&gt_dir, Some(&metrics))?;
+    }
     let iterations = budget.warmup + budget.min_reps;
     let text = format!(
         "name = \"bench-ppo\"\nseed = 1\nthreads = {th}\nsft_run = {sft:?}\nreward = \"ground-truth\"\n\
          critic_init = \"sft\"\nshared_backbone = false\npreset = \"rlhf-lab\"\nreward_norm = \"running\"\n\
          ppo_epochs = {e}\nnum_minibatches = {m}\nvf_coef = 0.1\nentropy_coef = 0.0\nmax_new_tokens = {n}\n\
          eval_interval = 1000000\ncheckpoint_interval = 1000000\nkeep_checkpoints = 1\n\
-         [eval]\nprompts = 4\nmax_new_tokens = 4\n[prompts]\nmin_tokens = {p}\nmax_tokens = {p}\n\
+         [eval]\nprompts = 4\nmax_new_tokens = 4\nground_truth = {gt:?}\n[prompts]\nmin_tokens = {p}\nmax_tokens = {p}\n\
          [kl]\nkind = \"fixed\"\ninit = 0.1\n\
          [optim]\nlr = 1e-5\nmin_lr = 1e-5\nwarmup_steps = 0\nmax_steps = {iterations}\nbatch_size = {b}\n\
          grad_clip = 1.0\nweight_decay = 0.0\n",
         th = k.threads,
         sft = sft_dir.display().to_string(),
+        gt = gt_dir.display().to_string(),
         p = PROMPT_LEN,
     );
     let cfg: crate::train::ppo::PpoConfig = crate::train::config::from_toml(&text, "bench-ppo")?;
