@@ -306,7 +306,7 @@ pub fn write(
         md,
         "# Performance: rlhf-lab vs PyTorch eager, same machine, same run\n\n\
          `rlhf-lab bench{}` ({}). Every row is timed in this one run: rlhf-lab in Rust (`src/pipeline/perf.rs`), \
-         then the PyTorch anchor on the same shapes (`benches/anchors/perf_anchors.py`, the project venv). \
+         then, right after each case, its PyTorch anchor on the same shapes (`benches/anchors/perf_anchors.py`, a persistent process from the project venv). \
          **speed-up** = anchor median / rlhf-lab median (> 1: rlhf-lab is faster). Times are medians over \
          repetitions after a warm-up, with the interquartile range.\n",
         if opts.quick { " --quick" } else { "" },
