@@ -62,37 +62,9 @@ def time_it(fn, quick):
     return {"median_ms": q(0.5), "q1_ms": q(0.25), "q3_ms": q(0.75), "reps": len(ms)}
 
 
-# --- GAE (same loops as benches/anchors/gae_anchors.py) -------------------------------------------------
+# --- GAE: TRL's and verl's loops, from benches/anchors/gae_anchors.py (this script's folder) -----------
 
-
-def trl_gae(rewards, values, padding_mask, gamma, lam):
-    rewards = torch.masked_fill(rewards, padding_mask, 0.0)
-    values = torch.masked_fill(values, padding_mask, 0.0)
-    lastgaelam = 0
-    advantages_reversed = []
-    gen_length = rewards.shape[1]
-    for t in reversed(range(gen_length)):
-        nextvalues = values[:, t + 1] if t < gen_length - 1 else 0.0
-        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
-        lastgaelam = delta + gamma * lam * lastgaelam
-        advantages_reversed.append(lastgaelam)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1)
-    return advantages, advantages + values
-
-
-def verl_gae(rewards, values, response_mask, gamma, lam):
-    nextvalues = 0
-    lastgaelam = 0
-    advantages_reversed = []
-    gen_len = rewards.shape[-1]
-    for t in reversed(range(gen_len)):
-        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
-        lastgaelam_ = delta + gamma * lam * lastgaelam
-        nextvalues = values[:, t] * response_mask[:, t] + (1 - response_mask[:, t]) * nextvalues
-        lastgaelam = lastgaelam_ * response_mask[:, t] + (1 - response_mask[:, t]) * lastgaelam
-        advantages_reversed.append(lastgaelam)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1)
-    return advantages, advantages + values
+from gae_anchors import trl_gae, verl_gae  # noqa: E402
 
 
 def gae_case(p, mode):

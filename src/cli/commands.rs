@@ -321,12 +321,7 @@ pub fn bench_cmd(
     if let Some(json) = case {
         let k: Case =
             serde_json::from_str(&json).map_err(|e| RlhfError::invalid("case", e.to_string()))?;
-        let budget = if quick {
-            Budget::quick()
-        } else {
-            Budget::full()
-        };
-        let t = perf::run_case(&k, budget, &data_dir)?;
+        let t = perf::run_case(&k, Budget::of(quick), &data_dir)?;
         return serde_json::to_string(&t).map_err(|e| RlhfError::invalid("case", e.to_string()));
     }
     let report = out.unwrap_or_else(|| {

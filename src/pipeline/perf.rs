@@ -173,6 +173,14 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// [`Budget::quick`] or [`Budget::full`].
+    pub fn of(quick: bool) -> Self {
+        if quick {
+            Self::quick()
+        } else {
+            Self::full()
+        }
+    }
     pub fn full() -> Self {
         Budget {
             warmup: 1,
@@ -400,6 +408,9 @@ fn fill_work(k: &mut Case) {
     }
 }
 
+/// SmolLM2-135M-Instruct under the data directory (`datasets/fetch.py`).
+const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// Prompt tokens of the sampling and preference workloads.
 const PROMPT_LEN: i64 = 8;
 
@@ -597,8 +608,8 @@ pub fn run_case(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
         }
         "decode-smollm2" => {
             let (b, n) = (k.p("B")?, k.p("N")?);
-            let path = data_dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-            let (model, tok) = crate::model::llama::Llama::from_gguf(&path, Device::Cpu)?;
+            let (model, tok) =
+                crate::model::llama::Llama::from_gguf(data_dir.join(SMOLLM2_GGUF), Device::Cpu)?;
             let mut rng = SplitMix64::new(3);
             let prompts: Vec<Vec<i64>> = (0..b)
                 .map(|_| random_ids(&mut rng, PROMPT_LEN as usize, model.vocab_size()))
@@ -693,17 +704,12 @@ fn ppo_iteration(k: &Case, budget: Budget, data_dir: &Path) -> Result<Timing> {
     Ok(timing_of(&mut ms))
 }
 
-/// Facts about SmolLM2 the report needs: weight bytes read per decoded token (f32 and bf16) and
-/// forward FLOPs per token. `None` when the GGUF file is missing.
+/// SmolLM2's weight bytes read per decoded token, in f32 and in bf16: every parameter once (the tied
+/// embeddings are one tensor), counted from the GGUF's tensor table without dequantising anything.
+/// `None` when the file is missing.
 fn smollm2_facts(data_dir: &Path) -> Option<(f64, f64)> {
-    let path = data_dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let (model, _) = crate::model::llama::Llama::from_gguf(&path, Device::Cpu).ok()?;
-    let params: f64 = model
-        .var_store()
-        .variables()
-        .values()
-        .map(|t| t.numel() as f64)
-        .sum();
+    let file = crate::model::gguf::GgufFile::open(data_dir.join(SMOLLM2_GGUF)).ok()?;
+    let params: f64 = file.tensors.iter().map(|t| t.n_elements() as f64).sum();
     Some((4.0 * params, 2.0 * params))
 }
 
@@ -854,11 +860,7 @@ pub struct SuiteOptions {
 /// both see the same machine state), then writes the report. Returns the cases with their
 /// measurements.
 pub fn run_suite(opts: &SuiteOptions) -> Result<Vec<Case>> {
-    let budget = if opts.quick {
-        Budget::quick()
-    } else {
-        Budget::full()
-    };
+    let budget = Budget::of(opts.quick);
     let mut cases: Vec<Case> = plan(opts.quick, opts.threads)
         .into_iter()
         .filter(|k| opts.only.is_empty() || opts.only.iter().any(|o| k.workload.starts_with(o)))
