@@ -5,10 +5,11 @@
 //!   Figure 2) end to end — SFT, ground truth, preference pairs, reward models, DPO family, PPO, PPO-GT,
 //!   Best-of-N, and the reward–KL [`frontier`].
 //! * [`perf`]: the performance suite (`rlhf-lab bench`), every workload beside its PyTorch anchor;
-//!   [`perf_report`] writes `reports/perf.md`.
+//!   [`perf_workloads`] sets up and times each case, [`perf_report`] writes `reports/perf.md`.
 
 pub mod dpo_sentiment;
 pub mod frontier;
 pub mod perf;
 pub mod perf_report;
+pub mod perf_workloads;
 pub mod stages;
